@@ -1,0 +1,1 @@
+"""Clients: request a movie, merge the striped streams, play, cache, report CDONE (issue 5)."""

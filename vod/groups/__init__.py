@@ -1,0 +1,1 @@
+"""Group service: virtual synchrony (views, ordered casts) on Raft, behind our own interface (issue 3)."""

@@ -1,0 +1,1 @@
+"""Video servers: stream their stripe of a movie's frames to a client (issue 5)."""

@@ -1,0 +1,1 @@
+"""Pure placement logic: frame masks and striping strategies."""
