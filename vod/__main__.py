@@ -1,0 +1,3 @@
+from vod.cli import main
+
+raise SystemExit(main())
