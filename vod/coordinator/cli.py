@@ -1,10 +1,80 @@
 """`vod-coordinator`: one replica of the Raft-replicated coordinator."""
 
-from vod.cliutil import pending_command
+from __future__ import annotations
 
-main = pending_command(
-    "vod-coordinator",
-    "Run one coordinator replica (primary, backup or witness; Raft-replicated). "
-    "Three replicas make a coordinator group that serves any number of domains.",
-    issue=3,
-)
+import logging
+import os
+from typing import Sequence
+
+from vod.addr import parse_addr, parse_addr_list
+from vod.cliutil import ArgumentParser, run
+from vod.errors import UsageError
+from vod.logsetup import setup_logging
+from vod.secrets import add_secret_argument, read_secret
+
+log = logging.getLogger("vod.coordinator")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="vod-coordinator", description=(
+        "Run one coordinator replica. Three replicas (--peers lists all three Raft addresses) make a "
+        "coordinator group: the Raft leader is the primary, one follower the backup and one the witness; "
+        "any may become primary. Members (servers, clients, vod-admin) connect to --listen."))
+    p.add_argument("--id", required=True, dest="replica_id", help="this replica's name, e.g. c1")
+    p.add_argument("--raft", required=True, metavar="HOST:PORT", help="this replica's Raft address")
+    p.add_argument("--peers", required=True, metavar="HOST:PORT,...",
+                   help="Raft addresses of all voters (this one may be included)")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address members connect to (AMP)")
+    p.add_argument("--data", required=True, metavar="DIR", help="directory for the Raft journal and snapshots")
+    add_secret_argument(p)
+    p.add_argument("--failure-timeout", type=float, default=1.0,
+                   help="seconds without a heartbeat after which a member is excluded")
+    p.add_argument("--grace", type=float, default=2.0,
+                   help="seconds a new primary waits before excluding anyone")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def entry(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    parse_addr(args.raft, "--raft")
+    parse_addr(args.listen, "--listen")
+    peers = parse_addr_list(args.peers, "--peers")
+    secret = read_secret(args.secret_file)
+    if args.failure_timeout <= 0 or args.grace < 0:
+        raise UsageError("--failure-timeout must be > 0 and --grace >= 0")
+    try:
+        os.makedirs(args.data, mode=0o700, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--data {args.data}: {err.strerror}") from None
+    setup_logging(args.log_level)
+
+    from twisted.internet import reactor
+
+    from vod.coordinator.replica import CoordinatorReplica
+
+    replica = CoordinatorReplica(reactor, replica_id=args.replica_id, raft_addr=args.raft, peers=peers,
+                                 listen=args.listen, secret=secret, data_dir=args.data,
+                                 failure_timeout=args.failure_timeout, grace=args.grace)
+    failed = []
+
+    def start():
+        d = replica.start()
+
+        def cannot(failure):
+            failed.append(failure)
+            log.error("cannot start: %s", failure.getErrorMessage())
+            reactor.stop()
+
+        d.addErrback(cannot)
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", replica.stop)
+    reactor.run()
+    if failed:
+        raise UsageError(f"replica {args.replica_id} could not start: {failed[0].getErrorMessage()}")
+    return 0
+
+
+def main() -> int:
+    return run(entry, prog="vod-coordinator")

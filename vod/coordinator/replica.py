@@ -1,0 +1,268 @@
+"""One coordinator replica: the Raft log, the group state, the failure detector and the member sessions.
+
+Roles: the acting primary is the Raft leader whose majority answered within
+its lease (`RaftLog.is_acting_primary`). Only the acting primary answers
+member commands, watches heartbeats and pushes committed events; the other
+replicas apply the same log (so they hold the same lists) and answer members
+with `NotPrimary` and the primary's listen address.
+
+Every role change is logged as `ROLE acting-primary term=T` / `ROLE
+not-primary term=T` with a timestamp: the integration tests read these lines
+to check that no two replicas ever act as primary at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+
+from vod.groups import commands as cmds
+from vod.groups.events import RuidAssigned, event_from_dict
+from vod.groups.liveness import FailureDetector
+from vod.groups.machine import GroupMachine
+from vod.groups.raft import LEADER, NotCommitted, RaftLog, RaftSettings, RaftView
+from vod.groups.state import domain_group
+from vod.groups.wire import Refused
+from vod.coordinator.session import MemberSession
+
+log = logging.getLogger("vod.coordinator")
+
+REPLICAS_TABLE = "replicas"
+
+
+class CoordinatorReplica:
+    def __init__(self, reactor, *, replica_id: str, raft_addr: str, peers: list[str], listen: str, secret: bytes,
+                 data_dir: str | None, settings: RaftSettings = RaftSettings(), failure_timeout: float = 1.0,
+                 grace: float = 2.0, check_interval: float = 0.02, standby: bool = False):
+        self.reactor = reactor
+        self.replica_id = replica_id
+        self.raft_addr = raft_addr
+        self.listen = listen
+        self.secret = secret
+        self.standby = standby
+        self.grace = grace
+        self._check_interval = check_interval
+        self.machine = GroupMachine()
+        self.raft = RaftLog(reactor, raft_addr, peers, secret, self.machine, data_dir, settings,
+                            on_view=self._on_raft_view, on_applied=self._on_applied)
+        self.detector = FailureDetector(reactor, failure_timeout)
+        self.sessions: dict[str, MemberSession] = {}
+        self.acting = False
+        self.raft_view: RaftView | None = None
+        self._excluding: set[str] = set()
+        self._registered = False
+        self._checker = LoopingCall(self._check)
+        self._checker.clock = reactor
+        self._port = None
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    def start(self) -> defer.Deferred:
+        host, port = self.listen.rsplit(":", 1)
+        endpoint = TCP4ServerEndpoint(self.reactor, int(port), interface=host)
+        d = endpoint.listen(Factory.forProtocol(lambda: MemberSession(self)))
+
+        def listening(port):
+            self._port = port
+            self.raft.start()
+            self._checker.start(self._check_interval, now=False)
+            log.info("replica %s listening on %s, raft %s", self.replica_id, self.listen, self.raft_addr)
+            return self
+
+        return d.addCallback(listening)
+
+    def stop(self) -> defer.Deferred:
+        if self._checker.running:
+            self._checker.stop()
+        self.raft.stop()
+        for session in list(self.sessions.values()):
+            session.transport.loseConnection()
+        return defer.maybeDeferred(self._port.stopListening) if self._port else defer.succeed(None)
+
+    # -- role --------------------------------------------------------------------------------------
+
+    def _on_raft_view(self, view: RaftView) -> None:
+        self.raft_view = view
+
+    def _check(self) -> None:
+        acting = self.raft.is_acting_primary()
+        term = self.raft_view.term if self.raft_view else 0
+        if acting != self.acting:
+            self.acting = acting
+            log.warning("ROLE %s term=%d replica=%s", "acting-primary" if acting else "not-primary", term,
+                        self.replica_id)
+            if acting:
+                self._become_primary()
+            else:
+                self._excluding.clear()
+        if not self._registered:
+            self._register()
+        if self.acting:
+            self._exclude_silent()
+
+    def _become_primary(self) -> None:
+        # Nobody has heartbeated to us yet: judge nobody before the grace period is over.
+        self.detector.grant_grace(self.grace)
+        for member_id in self.raft.read(lambda m: list(m.state.members)):
+            self.detector.heartbeat(member_id)
+
+    def _register(self) -> None:
+        """Put this replica's id and addresses in the replicated `replicas` table (retried until it sticks)."""
+        self._registered = True
+        record = {"id": self.replica_id, "raft": self.raft_addr, "listen": self.listen, "standby": self.standby}
+        current = self.raft.read(lambda m: m.state.table(REPLICAS_TABLE).get(self.raft_addr))
+        if current == record:
+            return
+        d = self.raft.propose(cmds.put_cmd(REPLICAS_TABLE, self.raft_addr, record))
+
+        def failed(_):
+            self._registered = False  # no leader yet: the next check tries again
+
+        d.addErrback(failed)
+
+    def _exclude_silent(self) -> None:
+        silent = [m for m in self.detector.expired() if m not in self._excluding]
+        if not silent:
+            return
+        incarnations = self.raft.read(lambda m: {i: m.state.members[i].incarnation for i in silent
+                                                 if i in m.state.members})
+        for member_id in silent:
+            if member_id not in incarnations:
+                self.detector.forget(member_id)
+        silent = sorted(incarnations)
+        if not silent:
+            return
+        self._excluding.update(silent)
+        log.warning("excluding silent members %s", ", ".join(silent))
+        d = self.raft.propose(cmds.exclude_cmd(silent, "no heartbeat within the failure timeout",
+                                               incarnations=incarnations))
+
+        def done(result):
+            self._excluding.difference_update(silent)
+
+        d.addBoth(done)
+
+    def primary_listen(self) -> str:
+        """Where the primary listens, as far as this replica knows ("" when unknown)."""
+        if self.acting:
+            return self.listen
+        leader = self.raft_view.leader if self.raft_view else None
+        if not leader:
+            return ""
+        record = self.raft.read(lambda m: m.state.table(REPLICAS_TABLE).get(leader))
+        return record["listen"] if record else ""
+
+    @property
+    def term(self) -> int:
+        return self.raft_view.term if self.raft_view else 0
+
+    # -- committed events ---------------------------------------------------------------------------
+
+    def _on_applied(self, command: dict, result: Any) -> None:
+        if not isinstance(result, dict) or "events" not in result:
+            return
+        op = command.get("op")
+        if op == "join":
+            self.detector.heartbeat(command["member_id"])
+        for event in result["events"]:
+            if event.get("type") == "MemberExcluded":
+                self._drop_member(event["member_id"])
+        if op == "leave":
+            self._drop_member(command["member_id"])
+        if not self.acting:
+            return
+        per_member: dict[str, list[dict]] = {}
+        for event, recipients in result["pushes"]:
+            for member_id in recipients:
+                per_member.setdefault(member_id, []).append(event)
+        for member_id, events in per_member.items():
+            session = self.sessions.get(member_id)
+            if session is not None:
+                session.deliver(events)
+
+    def _drop_member(self, member_id: str) -> None:
+        self.detector.forget(member_id)
+        session = self.sessions.pop(member_id, None)
+        if session is not None:
+            # An excluded member gets nothing more here; it must join again as a new incarnation.
+            session.transport.loseConnection()
+
+    # -- what member sessions ask for -------------------------------------------------------------
+
+    def propose(self, command: dict) -> defer.Deferred:
+        return self.raft.propose(command)
+
+    def join(self, session: MemberSession, kind: str, domain: str, address: str, user: str, capacity: int,
+             movies: list[str]) -> defer.Deferred:
+        d = self.propose(cmds.join_cmd(session.member_id, kind, domain, address, user=user, capacity=capacity,
+                                       movies=movies))
+
+        def joined(result):
+            _raise_refusal(result)
+            self.sessions[session.member_id] = session
+            self.detector.heartbeat(session.member_id)
+            view = self.raft.read(lambda m: m.state.groups.get(domain_group(domain)))
+            return {"group": view.name, "view_id": view.view_id, "members": list(view.members)}
+
+        return d.addCallback(joined)
+
+    def resume(self, session: MemberSession) -> list[dict]:
+        """Register a reconnected member and return what it may have missed (it drops duplicates)."""
+        alive = self.raft.read(lambda m: session.member_id in m.state.members)
+        if not alive:
+            return None
+        self.sessions[session.member_id] = session
+        self.detector.heartbeat(session.member_id)
+        return self.raft.read(lambda m: m.outbox(session.member_id))
+
+    def next_ruid(self) -> defer.Deferred:
+        def assigned(result):
+            _raise_refusal(result)
+            for event in result["events"]:
+                parsed = event_from_dict(event)
+                if isinstance(parsed, RuidAssigned):
+                    return parsed.ruid
+            raise NotCommitted("no RUID in the result")
+
+        return self.propose(cmds.next_ruid_cmd()).addCallback(assigned)
+
+    def status(self) -> dict:
+        view = self.raft.view  # the latest, commit index included (raft_view changes only with roles)
+        state_role = {LEADER: "leader", 1: "candidate", 0: "follower"}.get(view.role if view else 0, "follower")
+
+        def read(machine):
+            state = machine.state
+            return {
+                "replicas_table": state.table(REPLICAS_TABLE),
+                "members": [{"id": m.member_id, "kind": m.kind, "domain": m.domain, "address": m.address,
+                             "user": m.user, "capacity": m.capacity, "movies": list(m.movies),
+                             "incarnation": m.incarnation} for _, m in sorted(state.members.items())],
+                "groups": [{"name": g.name, "view_id": g.view_id, "members": list(g.members)}
+                           for _, g in sorted(state.groups.items())],
+                "last_ruid": state.last_ruid,
+                "last_applied": state.last_applied,
+            }
+
+        data = self.raft.read(read)
+        for member in data["members"]:
+            age = self.detector.age(member["id"]) if self.acting else None
+            member["heartbeat_age"] = None if age is None else round(age, 3)
+            member["connected"] = member["id"] in self.sessions if self.acting else None
+        return {
+            "v": 1,
+            "replica": {"id": self.replica_id, "raft": self.raft_addr, "listen": self.listen,
+                        "raft_state": state_role, "acting_primary": self.acting, "term": self.term,
+                        "commit_index": view.commit_index if view else 0, "leader_raft": view.leader if view else None,
+                        "voters": list(view.voters) if view else [], "standby": self.standby},
+            **data,
+        }
+
+
+def _raise_refusal(result: Any) -> None:
+    if isinstance(result, dict) and "error" in result:
+        raise Refused(result["message"])

@@ -1,0 +1,187 @@
+"""One member's AMP connection to a coordinator replica.
+
+Connection life: UNAUTHENTICATED --Challenge--> CHALLENGED --Authenticate--> AUTHENTICATED
+--Join/Resume--> MEMBER. A command out of order, a wrong MAC or a malformed
+box closes this connection with one log line; nothing else is disturbed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from twisted.protocols import amp
+
+from vod.groups import commands as cmds
+from vod.groups.commands import BadCommand
+from vod.groups.wire import (
+    MAX_JSON, PROTOCOL_VERSION, AuthFailed, Authenticate, Cast, Challenge, Deliver, Heartbeat, Join, Leave,
+    NextRuid, NotPrimary, Refused, Resume, Status, auth_mac,
+)
+
+if TYPE_CHECKING:
+    from vod.coordinator.replica import CoordinatorReplica
+
+log = logging.getLogger("vod.coordinator.session")
+
+UNAUTHENTICATED, CHALLENGED, AUTHENTICATED, MEMBER = "unauthenticated", "challenged", "authenticated", "member"
+
+
+class MemberSession(amp.AMP):
+    def __init__(self, replica: "CoordinatorReplica"):
+        super().__init__()
+        self.replica = replica
+        self.phase = UNAUTHENTICATED
+        self.member_id: str | None = None
+        self._nonce: bytes | None = None
+
+    def _peer(self) -> str:
+        peer = self.transport.getPeer() if self.transport else None
+        return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+
+    def _refuse_connection(self, why: str) -> None:
+        log.warning("closing connection from %s (%s): %s", self._peer(), self.member_id or "unauthenticated", why)
+        self.transport.loseConnection()
+
+    def _require(self, *states: str) -> None:
+        if self.phase not in states:
+            self._refuse_connection(f"command in state {self.phase}")
+            raise AuthFailed(f"not allowed in state {self.phase}")
+
+    def _require_primary(self) -> None:
+        if not self.replica.acting:
+            raise NotPrimary(self.replica.primary_listen())
+
+    # -- authentication ------------------------------------------------------------------------------
+
+    @Challenge.responder
+    def challenge(self, protocol: int):
+        self._require(UNAUTHENTICATED)
+        if protocol != PROTOCOL_VERSION:
+            self._refuse_connection(f"protocol version {protocol} (we speak {PROTOCOL_VERSION})")
+            raise AuthFailed(f"protocol version {protocol} is not supported")
+        self._nonce = os.urandom(16)
+        self.phase = CHALLENGED
+        return {"nonce": self._nonce, "replica": self.replica.replica_id}
+
+    @Authenticate.responder
+    def authenticate(self, member_id: str, mac: bytes):
+        self._require(CHALLENGED)
+        expected = auth_mac(self.replica.secret, self._nonce, member_id)
+        if not member_id or len(member_id) > 200 or not hmac.compare_digest(expected, mac):
+            self._refuse_connection(f"wrong secret from a peer claiming to be {member_id[:200]!r}")
+            raise AuthFailed("authentication failed")
+        self.member_id = member_id
+        self.phase = AUTHENTICATED
+        return {}
+
+    # -- membership ---------------------------------------------------------------------------------
+
+    def _claim_id(self) -> None:
+        holder = self.replica.sessions.get(self.member_id)
+        if holder is not None and holder is not self and holder.transport and holder.transport.connected:
+            log.warning("refusing %s from %s: member id already connected from %s", self.member_id, self._peer(),
+                        holder._peer())
+            raise Refused(f"member id {self.member_id} is already connected")
+
+    @Join.responder
+    def join(self, kind, domain, address, user, capacity, movies):
+        self._require(AUTHENTICATED, MEMBER)
+        self._require_primary()
+        self._claim_id()
+        if not isinstance(movies, list):
+            raise Refused("movies must be a list of movie ids")
+        d = self.replica.join(self, kind, domain, address, user, capacity, movies)
+
+        def joined(view):
+            self.phase = MEMBER
+            return {"view": view, "term": self.replica.term}
+
+        return d.addCallback(joined).addErrback(self._as_refusal)
+
+    @Resume.responder
+    def resume(self, positions):
+        self._require(AUTHENTICATED, MEMBER)
+        self._require_primary()
+        self._claim_id()
+        owed = self.replica.resume(self)
+        if owed is None:
+            raise Refused(f"{self.member_id} is not a member any more; join again")
+        self.phase = MEMBER
+        self.deliver(owed)
+        return {"term": self.replica.term}
+
+    @Heartbeat.responder
+    def heartbeat(self):
+        self._require(MEMBER)
+        self._require_primary()
+        if self.replica.sessions.get(self.member_id) is not self:
+            raise Refused(f"{self.member_id} is not a member any more; join again")
+        self.replica.detector.heartbeat(self.member_id)
+        return {"term": self.replica.term}
+
+    @Leave.responder
+    def leave(self):
+        self._require(MEMBER)
+        self._require_primary()
+        d = self.replica.propose(cmds.leave_cmd(self.member_id))
+        return d.addCallback(lambda _: {}).addErrback(self._as_refusal)
+
+    @Cast.responder
+    def cast(self, group, view_id, payload):
+        self._require(MEMBER)
+        self._require_primary()
+        if not isinstance(payload, dict):
+            raise Refused("a cast payload is a JSON object")
+        d = self.replica.propose(cmds.cast_cmd(group, self.member_id, payload, view_id))
+
+        def delivered(result):
+            if "error" in result:
+                raise Refused(result["message"])
+            event = next(e for e in result["events"] if e["type"] == "Delivered")
+            return {"view_id": event["view_id"], "seq": event["seq"]}
+
+        return d.addCallback(delivered).addErrback(self._as_refusal)
+
+    @NextRuid.responder
+    def next_ruid(self):
+        self._require(MEMBER, AUTHENTICATED)
+        self._require_primary()
+        return self.replica.next_ruid().addCallback(lambda ruid: {"ruid": ruid}).addErrback(self._as_refusal)
+
+    @Status.responder
+    def status(self):
+        self._require(AUTHENTICATED, MEMBER)
+        return {"status": self.replica.status()}
+
+    # -- pushing ---------------------------------------------------------------------------------------
+
+    def deliver(self, events: list[dict]) -> None:
+        """Push events in order, split so each AMP value stays under its size limit."""
+        batch: list[dict] = []
+        size = 0
+        for event in events:
+            event_size = len(repr(event)) + 16
+            if batch and size + event_size > MAX_JSON // 2:
+                self.callRemote(Deliver, events=batch)
+                batch, size = [], 0
+            batch.append(event)
+            size += event_size
+        if batch:
+            self.callRemote(Deliver, events=batch)
+
+    def _as_refusal(self, failure):
+        if failure.check(NotPrimary, AuthFailed, Refused):
+            return failure
+        if failure.check(BadCommand):
+            raise Refused(str(failure.value))
+        log.info("command from %s not committed: %s", self.member_id, failure.getErrorMessage())
+        raise NotPrimary(self.replica.primary_listen() if not self.replica.acting else "")
+
+    def connectionLost(self, reason):
+        if self.member_id and self.replica.sessions.get(self.member_id) is self:
+            del self.replica.sessions[self.member_id]
+        super().connectionLost(reason)
+

@@ -1,0 +1,104 @@
+"""What the group state machine says happened: frozen, comparable, JSON-able.
+
+The three group events (`ViewChanged`, `Delivered`, `GroupDissolved`) carry
+enough position information for a member to check it missed nothing: a
+member's stream for one group runs view, casts 1..n, next view (which says the
+old view held n casts), and so on. `vod.groups.delivery` does that check.
+"""
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from vod.groups.records import is_version, record_from_dict, record_to_dict
+
+EVENT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ViewChanged:
+    """`group` now has view `view_id` with `members` (sorted).
+
+    `previous_casts` is how many casts view `view_id - 1` delivered, so a
+    member moving into this view can tell whether it saw all of them.
+    """
+
+    group: str
+    view_id: int
+    members: tuple[str, ...]
+    joined: tuple[str, ...]
+    left: tuple[str, ...]
+    previous_casts: int
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """Cast number `seq` (from 1 in each view) of view `view_id` of `group`."""
+
+    group: str
+    view_id: int
+    seq: int
+    sender: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GroupDissolved:
+    """`group` is gone; its last view was `view_id`, which delivered `casts` casts to `members`."""
+
+    group: str
+    view_id: int
+    casts: int
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RuidAssigned:
+    """A fresh RUID: unique and larger than every RUID handed out before."""
+
+    ruid: int
+
+
+@dataclass(frozen=True)
+class MemberExcluded:
+    """The failure detector's verdict on `member_id` took effect; it gets nothing more."""
+
+    member_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class TablePut:
+    """`tables[table][key]` is now `value`."""
+
+    table: str
+    key: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class TableDeleted:
+    """`tables[table][key]` is gone."""
+
+    table: str
+    key: str
+
+
+Event = ViewChanged | Delivered | GroupDissolved | RuidAssigned | MemberExcluded | TablePut | TableDeleted
+GROUP_EVENTS = (ViewChanged, Delivered, GroupDissolved)
+_EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """The event as plain JSON data, for the wire: `{"v": 1, "type": "Delivered", ...}`."""
+    return {"v": EVENT_VERSION, "type": type(event).__name__, **record_to_dict(event)}
+
+
+def event_from_dict(data: Mapping[str, Any]) -> Event:
+    """Inverse of `event_to_dict`; ValueError for anything else."""
+    if not isinstance(data, Mapping) or not is_version(data.get("v"), EVENT_VERSION):
+        raise ValueError(f"not a v{EVENT_VERSION} event: {data!r}")
+    cls = _EVENT_TYPES.get(data.get("type"))
+    if cls is None:
+        raise ValueError(f"unknown event type {data.get('type')!r}")
+    fields = {name: value for name, value in data.items() if name not in ("v", "type")}
+    return record_from_dict(cls, fields)

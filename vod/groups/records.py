@@ -1,0 +1,48 @@
+"""Frozen dataclass records <-> plain JSON dicts.
+
+State snapshots and events both leave the process (Raft snapshots, AMP
+pushes), and both must come back equal to what went out. JSON has lists but no
+tuples, so the one conversion lives here rather than in every record class.
+"""
+
+import dataclasses
+import typing
+from typing import Any, Mapping, TypeVar
+
+R = TypeVar("R")
+
+
+def record_to_dict(record: Any) -> dict[str, Any]:
+    """The record's fields as a JSON-able dict (tuples become lists)."""
+    return {
+        field.name: _plain(getattr(record, field.name))
+        for field in dataclasses.fields(record)
+    }
+
+
+def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
+    """Rebuild a `cls` record from `record_to_dict` output; ValueError if it does not fit."""
+    fields = dataclasses.fields(cls)
+    names = {field.name for field in fields}
+    if not isinstance(data, Mapping) or set(data) != names:
+        raise ValueError(f"{cls.__name__} needs exactly the fields {sorted(names)}")
+    return cls(**{field.name: _typed(field, data[field.name]) for field in fields})
+
+
+def is_version(value: Any, version: int) -> bool:
+    """`value == version` without letting `True` or `1.0` pass for 1."""
+    return type(value) is int and value == version
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _typed(field: dataclasses.Field, value: Any) -> Any:
+    # Only fields declared as tuples turn back into tuples; a JSON payload that
+    # happens to hold a list must stay a list.
+    if typing.get_origin(field.type) is tuple:
+        if not isinstance(value, list):
+            raise ValueError(f"field {field.name} must be a list, not {value!r}")
+        return tuple(value)
+    return value

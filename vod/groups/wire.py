@@ -1,0 +1,131 @@
+"""The control-plane protocol between members (servers, clients, admins) and coordinators: AMP commands.
+
+Every connection starts with a challenge-response on the domain secret
+(`Challenge`, then `Authenticate` with HMAC-SHA256(secret, nonce | member id));
+any other command before that is refused and the connection closed. Values
+that carry structure are JSON text with a version field (`{"v": 1, ...}`),
+never pickle. A replica that is not the acting primary answers every member
+command with `NotPrimary`, whose description is the primary's listen address
+(empty when unknown); members follow it.
+
+Coordinator -> member: `Deliver` pushes committed events (views, casts) in log
+order; each event carries its group position (view id, seq), so a member that
+reconnects after a failover resumes with `Resume` and drops duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from twisted.protocols import amp
+
+PROTOCOL_VERSION = 1
+MAX_JSON = 60_000  # one AMP value holds at most 65,535 bytes
+
+
+class NotPrimary(Exception):
+    """This replica is not the acting primary; the description is where the primary listens."""
+
+
+class AuthFailed(Exception):
+    """Wrong secret, or a command before authentication."""
+
+
+class Refused(Exception):
+    """The command is well-formed but the coordinator refuses it; the description says why."""
+
+
+COMMON_ERRORS = {NotPrimary: b"NOT_PRIMARY", AuthFailed: b"AUTH_FAILED", Refused: b"REFUSED"}
+
+
+class Json(amp.Argument):
+    """A JSON value, size-limited, decoded strictly (a bad value is a protocol error)."""
+
+    def toString(self, inObject: Any) -> bytes:
+        data = json.dumps(inObject, separators=(",", ":"), sort_keys=True).encode()
+        if len(data) > MAX_JSON:
+            raise ValueError(f"JSON value of {len(data)} bytes exceeds {MAX_JSON}")
+        return data
+
+    def fromString(self, inString: bytes) -> Any:
+        if len(inString) > MAX_JSON:
+            raise ValueError("JSON value too large")
+        return json.loads(inString.decode("utf-8"))
+
+
+class Challenge(amp.Command):
+    arguments = [(b"protocol", amp.Integer())]
+    response = [(b"nonce", amp.String()), (b"replica", amp.Unicode())]
+    errors = COMMON_ERRORS
+
+
+class Authenticate(amp.Command):
+    arguments = [(b"member_id", amp.Unicode()), (b"mac", amp.String())]
+    response: list = []
+    errors = COMMON_ERRORS
+
+
+class Join(amp.Command):
+    """Join the domain group as `kind`; the answer is the member's incarnation and the domain's view."""
+
+    arguments = [(b"kind", amp.Unicode()), (b"domain", amp.Unicode()), (b"address", amp.Unicode()),
+                 (b"user", amp.Unicode()), (b"capacity", amp.Integer()), (b"movies", Json())]
+    response = [(b"view", Json()), (b"term", amp.Integer())]
+    errors = COMMON_ERRORS
+
+
+class Resume(amp.Command):
+    """After reconnecting: the member's last delivered position per group; the primary replays the rest."""
+
+    arguments = [(b"positions", Json())]
+    response = [(b"term", amp.Integer())]
+    errors = COMMON_ERRORS
+
+
+class Heartbeat(amp.Command):
+    arguments: list = []
+    response = [(b"term", amp.Integer())]
+    errors = COMMON_ERRORS
+
+
+class Leave(amp.Command):
+    arguments: list = []
+    response: list = []
+    errors = COMMON_ERRORS
+
+
+class Cast(amp.Command):
+    """An ordered message to a group, sent in the view the sender last saw."""
+
+    arguments = [(b"group", amp.Unicode()), (b"view_id", amp.Integer()), (b"payload", Json())]
+    response = [(b"view_id", amp.Integer()), (b"seq", amp.Integer())]
+    errors = COMMON_ERRORS
+
+
+class NextRuid(amp.Command):
+    arguments: list = []
+    response = [(b"ruid", amp.Integer())]
+    errors = COMMON_ERRORS
+
+
+class Status(amp.Command):
+    """Any replica answers (no NotPrimary): its own view of the cluster, as `vod-admin status` shows it."""
+
+    arguments: list = []
+    response = [(b"status", Json())]
+    errors = COMMON_ERRORS
+
+
+class Deliver(amp.Command):
+    """Coordinator -> member: committed events for this member, in log order."""
+
+    arguments = [(b"events", Json())]
+    response: list = []
+    requiresAnswer = False
+
+
+def auth_mac(secret: bytes, nonce: bytes, member_id: str) -> bytes:
+    return hmac.new(secret, nonce + b"|" + member_id.encode(), hashlib.sha256).digest()
