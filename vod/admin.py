@@ -13,13 +13,12 @@ import sys
 from typing import Sequence
 
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.protocols import amp
 
-from vod.addr import parse_addr, parse_addr_list
+from vod.addr import parse_addr_list
 from vod.cliutil import ArgumentParser, run
 from vod.errors import VodError
-from vod.groups.wire import PROTOCOL_VERSION, Authenticate, Challenge, Status, auth_mac
+from vod.groups.control import call_once
+from vod.groups.wire import Status
 from vod.secrets import add_secret_argument, read_secret
 
 ADMIN_ID = "vod-admin"
@@ -42,23 +41,13 @@ def build_parser() -> ArgumentParser:
 
 
 async def ask_status(reactor, addr: str, secret: bytes, timeout: float) -> dict:
-    host, port = parse_addr(addr, "--coordinators")
-    endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-    proto = await connectProtocol(endpoint, amp.AMP())
-    try:
-        challenge = await proto.callRemote(Challenge, protocol=PROTOCOL_VERSION)
-        await proto.callRemote(Authenticate, member_id=ADMIN_ID, mac=auth_mac(secret, challenge["nonce"], ADMIN_ID))
-        return (await proto.callRemote(Status))["status"]
-    finally:
-        proto.transport.loseConnection()
+    return (await call_once(reactor, addr, secret, ADMIN_ID, Status, timeout=timeout))["status"]
 
 
 async def gather_status(reactor, coordinators: list[str], secret: bytes, timeout: float) -> dict:
     async def one(addr):
-        d = defer.ensureDeferred(ask_status(reactor, addr, secret, timeout))
-        d.addTimeout(timeout, reactor)
         try:
-            return addr, await d, None
+            return addr, await defer.ensureDeferred(ask_status(reactor, addr, secret, timeout)), None
         except Exception as err:  # each unreachable replica is reported, not fatal
             return addr, None, f"{type(err).__name__}: {err}"
 

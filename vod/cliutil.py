@@ -27,6 +27,10 @@ def run(entry: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): not an error of ours.
+        sys.stderr.close()
+        return 0
 
 
 def pending_command(prog: str, description: str, issue: int) -> Callable[[], int]:

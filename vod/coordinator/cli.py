@@ -22,8 +22,14 @@ def build_parser() -> ArgumentParser:
         "any may become primary. Members (servers, clients, vod-admin) connect to --listen."))
     p.add_argument("--id", required=True, dest="replica_id", help="this replica's name, e.g. c1")
     p.add_argument("--raft", required=True, metavar="HOST:PORT", help="this replica's Raft address")
-    p.add_argument("--peers", required=True, metavar="HOST:PORT,...",
-                   help="Raft addresses of all voters (this one may be included)")
+    p.add_argument("--peers", metavar="HOST:PORT,...",
+                   help="Raft addresses of all voters (this one may be included); not for --standby")
+    p.add_argument("--standby", action="store_true",
+                   help="start as a standby: register with the primary and become a voter when a replica dies")
+    p.add_argument("--coordinators", metavar="HOST:PORT,...",
+                   help="with --standby: listen addresses of the running replicas")
+    p.add_argument("--replace-after", type=float, default=1.0,
+                   help="seconds a voter may be unreachable before the primary replaces it with a standby")
     p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address members connect to (AMP)")
     p.add_argument("--data", required=True, metavar="DIR", help="directory for the Raft journal and snapshots")
     add_secret_argument(p)
@@ -39,7 +45,14 @@ def entry(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     parse_addr(args.raft, "--raft")
     parse_addr(args.listen, "--listen")
-    peers = parse_addr_list(args.peers, "--peers")
+    if args.standby:
+        if not args.coordinators:
+            raise UsageError("--standby needs --coordinators (where the running replicas listen)")
+        coordinators, peers = parse_addr_list(args.coordinators, "--coordinators"), []
+    else:
+        if not args.peers:
+            raise UsageError("--peers is required (the Raft addresses of all three voters)")
+        coordinators, peers = [], parse_addr_list(args.peers, "--peers")
     secret = read_secret(args.secret_file)
     if args.failure_timeout <= 0 or args.grace < 0:
         raise UsageError("--failure-timeout must be > 0 and --grace >= 0")
@@ -55,7 +68,8 @@ def entry(argv: Sequence[str]) -> int:
 
     replica = CoordinatorReplica(reactor, replica_id=args.replica_id, raft_addr=args.raft, peers=peers,
                                  listen=args.listen, secret=secret, data_dir=args.data,
-                                 failure_timeout=args.failure_timeout, grace=args.grace)
+                                 failure_timeout=args.failure_timeout, grace=args.grace, standby=args.standby,
+                                 coordinators=coordinators, replace_after=args.replace_after)
     failed = []
 
     def start():

@@ -28,17 +28,17 @@ from vod.groups.machine import GroupMachine
 from vod.groups.raft import LEADER, NotCommitted, RaftLog, RaftSettings, RaftView
 from vod.groups.state import domain_group
 from vod.groups.wire import Refused
+from vod.coordinator.recruit import REPLICAS_TABLE, Recruiter, StandbyWaiter
 from vod.coordinator.session import MemberSession
 
 log = logging.getLogger("vod.coordinator")
-
-REPLICAS_TABLE = "replicas"
 
 
 class CoordinatorReplica:
     def __init__(self, reactor, *, replica_id: str, raft_addr: str, peers: list[str], listen: str, secret: bytes,
                  data_dir: str | None, settings: RaftSettings = RaftSettings(), failure_timeout: float = 1.0,
-                 grace: float = 2.0, check_interval: float = 0.02, standby: bool = False):
+                 grace: float = 2.0, check_interval: float = 0.02, standby: bool = False,
+                 coordinators: list[str] = (), replace_after: float = 1.0):
         self.reactor = reactor
         self.replica_id = replica_id
         self.raft_addr = raft_addr
@@ -56,6 +56,8 @@ class CoordinatorReplica:
         self.raft_view: RaftView | None = None
         self._excluding: set[str] = set()
         self._registered = False
+        self.recruiter = Recruiter(self, replace_after=replace_after)
+        self.standby_waiter = StandbyWaiter(self, list(coordinators)) if standby else None
         self._checker = LoopingCall(self._check)
         self._checker.clock = reactor
         self._port = None
@@ -69,7 +71,8 @@ class CoordinatorReplica:
 
         def listening(port):
             self._port = port
-            self.raft.start()
+            if not self.standby:
+                self.raft.start()
             self._checker.start(self._check_interval, now=False)
             log.info("replica %s listening on %s, raft %s", self.replica_id, self.listen, self.raft_addr)
             return self
@@ -89,7 +92,15 @@ class CoordinatorReplica:
     def _on_raft_view(self, view: RaftView) -> None:
         self.raft_view = view
 
+    def promote(self, voters: list[str]) -> None:
+        """A standby that the primary made a voter starts its Raft node with the full voter list."""
+        self.standby = False
+        self.raft.start(peers=voters)
+
     def _check(self) -> None:
+        if self.standby:
+            self.standby_waiter.tick()
+            return
         acting = self.raft.is_acting_primary()
         term = self.raft_view.term if self.raft_view else 0
         if acting != self.acting:
@@ -104,6 +115,7 @@ class CoordinatorReplica:
             self._register()
         if self.acting:
             self._exclude_silent()
+            self.recruiter.tick()
 
     def _become_primary(self) -> None:
         # Nobody has heartbeated to us yet: judge nobody before the grace period is over.
@@ -219,6 +231,16 @@ class CoordinatorReplica:
         self.sessions[session.member_id] = session
         self.detector.heartbeat(session.member_id)
         return self.raft.read(lambda m: m.outbox(session.member_id))
+
+    def register_standby(self, record: dict) -> list[str]:
+        """A standby offered itself: remember it, record it once, and tell it the current voters."""
+        self.recruiter.standby_seen(record)
+        known = self.raft.read(lambda m: m.state.table(REPLICAS_TABLE).get(record["raft"]))
+        if known is None:
+            self.raft.propose(cmds.put_cmd(REPLICAS_TABLE, record["raft"], dict(record, standby=True))) \
+                .addErrback(lambda f: log.info("recording standby %s: %s", record["id"], f.getErrorMessage()))
+        view = self.raft.view
+        return list(view.voters) if view else []
 
     def next_ruid(self) -> defer.Deferred:
         def assigned(result):

@@ -18,7 +18,7 @@ from vod.groups import commands as cmds
 from vod.groups.commands import BadCommand
 from vod.groups.wire import (
     MAX_JSON, PROTOCOL_VERSION, AuthFailed, Authenticate, Cast, Challenge, Deliver, Heartbeat, Join, Leave,
-    NextRuid, NotPrimary, Refused, Resume, Status, auth_mac,
+    NextRuid, NotPrimary, Refused, RegisterStandby, Resume, Status, auth_mac,
 )
 
 if TYPE_CHECKING:
@@ -150,6 +150,16 @@ class MemberSession(amp.AMP):
         self._require(MEMBER, AUTHENTICATED)
         self._require_primary()
         return self.replica.next_ruid().addCallback(lambda ruid: {"ruid": ruid}).addErrback(self._as_refusal)
+
+    @RegisterStandby.responder
+    def register_standby(self, replica_id, raft, listen):
+        self._require(AUTHENTICATED)
+        self._require_primary()
+        if self.member_id != f"replica:{replica_id}":
+            self._refuse_connection(f"standby registration for {replica_id!r} from {self.member_id!r}")
+            raise Refused("a standby registers under its own replica id")
+        record = {"id": replica_id, "raft": raft, "listen": listen, "standby": True}
+        return {"voters": self.replica.register_standby(record)}
 
     @Status.responder
     def status(self):

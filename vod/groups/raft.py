@@ -77,14 +77,15 @@ class RaftSettings:
     compaction_entries: int = 20000
     compaction_seconds: float = 300.0
 
-    def conf(self, password: str, data_dir: str | None, on_ready: Callable | None = None) -> SyncObjConf:
-        kwargs = dict(password=password, autoTick=True, autoTickPeriod=self.tick,
+    def conf(self, self_addr: str, password: str, data_dir: str | None) -> SyncObjConf:
+        # bindAddress: pysyncobj would listen on 0.0.0.0 otherwise.
+        kwargs = dict(bindAddress=self_addr, password=password, autoTick=True, autoTickPeriod=self.tick,
                       appendEntriesPeriod=self.heartbeat, raftMinTimeout=self.election_min,
                       raftMaxTimeout=self.election_max, connectionTimeout=self.connection_timeout,
                       connectionRetryTime=self.connection_retry, leaderFallbackTimeout=self.leader_fallback,
                       appendEntriesUseBatch=False, dynamicMembershipChange=True, commandsWaitLeader=False,
                       logCompactionMinEntries=self.compaction_entries, logCompactionMinTime=self.compaction_seconds,
-                      useFork=False, onReady=on_ready)
+                      useFork=False)
         if data_dir:
             kwargs.update(journalFile=os.path.join(data_dir, "raft.journal"),
                           fullDumpFile=os.path.join(data_dir, "raft.dump"))
@@ -104,6 +105,7 @@ class RaftView:
     has_quorum: bool
     commit_index: int
     voters: tuple[str, ...] = field(default_factory=tuple)
+    connected: tuple[str, ...] = field(default_factory=tuple)  # peers this replica has a link to
 
     @property
     def acting_primary(self) -> bool:
@@ -167,11 +169,14 @@ class RaftLog:
         self._view_lock = threading.Lock()
         self._lease = settings.leader_fallback
         self._confirmed_at = float("-inf")  # last time a majority answered us as leader
-        self._conf = settings.conf(raft_password(secret), data_dir)
+        self._conf = settings.conf(self_addr, raft_password(secret), data_dir)
         self._peers = [p for p in peers if p != self_addr]
         self._node: _Node | None = None
 
-    def start(self) -> None:
+    def start(self, peers: list[str] | None = None) -> None:
+        """Start the node; `peers` replaces the constructor's list (a standby learns it when recruited)."""
+        if peers is not None:
+            self._peers = [p for p in peers if p != self.self_addr]
         self._consumer._on_applied = self._applied_on_tick_thread
         self._node = _Node(self.self_addr, self._peers, self._conf, self._consumer)
         self._node.addOnTickCallback(self._tick)
@@ -193,10 +198,12 @@ class RaftLog:
             return
         status = node.getStatus()
         leader = status["leader"]
+        others = [str(n) for n in node.otherNodes]
         view = RaftView(role=status["state"], leader=None if leader is None else str(leader),
                         term=status["raft_term"], has_quorum=bool(status["has_quorum"]),
-                        commit_index=status["commit_idx"],
-                        voters=tuple(sorted([self.self_addr] + [str(n) for n in node.otherNodes])))
+                        commit_index=status["commit_idx"], voters=tuple(sorted([self.self_addr] + others)),
+                        connected=tuple(sorted(a for a in others
+                                               if status.get("partner_node_status_server_" + a) == 2)))
         confirmed = view.role == LEADER and self._majority_answered(node)
         with self._view_lock:
             changed = self._last_view is None or _roles_differ(self._last_view, view)
@@ -278,7 +285,8 @@ class RaftLog:
 
 
 def _roles_differ(a: RaftView, b: RaftView) -> bool:
-    return (a.role, a.leader, a.term, a.has_quorum, a.voters) != (b.role, b.leader, b.term, b.has_quorum, b.voters)
+    return ((a.role, a.leader, a.term, a.has_quorum, a.voters, a.connected)
+            != (b.role, b.leader, b.term, b.has_quorum, b.voters, b.connected))
 
 
 def _fail_reason(code: int) -> str:

@@ -119,6 +119,14 @@ class Status(amp.Command):
     errors = COMMON_ERRORS
 
 
+class RegisterStandby(amp.Command):
+    """A standby replica offers itself to the primary as a future voter (the seed's SETUP)."""
+
+    arguments = [(b"replica_id", amp.Unicode()), (b"raft", amp.Unicode()), (b"listen", amp.Unicode())]
+    response = [(b"voters", Json())]
+    errors = COMMON_ERRORS
+
+
 class Deliver(amp.Command):
     """Coordinator -> member: committed events for this member, in log order."""
 
