@@ -38,7 +38,7 @@ class CoordinatorReplica:
     def __init__(self, reactor, *, replica_id: str, raft_addr: str, peers: list[str], listen: str, secret: bytes,
                  data_dir: str | None, settings: RaftSettings = RaftSettings(), failure_timeout: float = 1.0,
                  grace: float = 2.0, check_interval: float = 0.02, standby: bool = False,
-                 coordinators: list[str] = (), replace_after: float = 1.0):
+                 coordinators: list[str] = (), replace_after: float = 1.0, raft_factory=RaftLog):
         self.reactor = reactor
         self.replica_id = replica_id
         self.raft_addr = raft_addr
@@ -48,8 +48,8 @@ class CoordinatorReplica:
         self.grace = grace
         self._check_interval = check_interval
         self.machine = GroupMachine()
-        self.raft = RaftLog(reactor, raft_addr, peers, secret, self.machine, data_dir, settings,
-                            on_view=self._on_raft_view, on_applied=self._on_applied)
+        self.raft = raft_factory(reactor, raft_addr, peers, secret, self.machine, data_dir, settings,
+                                 on_view=self._on_raft_view, on_applied=self._on_applied)
         self.detector = FailureDetector(reactor, failure_timeout)
         self.sessions: dict[str, MemberSession] = {}
         self.acting = False
@@ -211,17 +211,27 @@ class CoordinatorReplica:
 
     def join(self, session: MemberSession, kind: str, domain: str, address: str, user: str, capacity: int,
              movies: list[str]) -> defer.Deferred:
+        # Registered before the commit: the join's own view is pushed as it is applied, before this answer.
+        previous = self.sessions.get(session.member_id)
+        self.sessions[session.member_id] = session
         d = self.propose(cmds.join_cmd(session.member_id, kind, domain, address, user=user, capacity=capacity,
                                        movies=movies))
 
         def joined(result):
             _raise_refusal(result)
-            self.sessions[session.member_id] = session
             self.detector.heartbeat(session.member_id)
             view = self.raft.read(lambda m: m.state.groups.get(domain_group(domain)))
             return {"group": view.name, "view_id": view.view_id, "members": list(view.members)}
 
-        return d.addCallback(joined)
+        def refused(failure):
+            if self.sessions.get(session.member_id) is session:
+                if previous is None:
+                    del self.sessions[session.member_id]
+                else:
+                    self.sessions[session.member_id] = previous
+            return failure
+
+        return d.addCallback(joined).addErrback(refused)
 
     def resume(self, session: MemberSession) -> list[dict]:
         """Register a reconnected member and return what it may have missed (it drops duplicates)."""
