@@ -219,6 +219,8 @@ class CoordinatorReplica:
 
         def joined(result):
             _raise_refusal(result)
+            if previous is not None and previous is not session:
+                previous.transport.loseConnection()  # the same member, reconnected: its old link is dead
             self.detector.heartbeat(session.member_id)
             view = self.raft.read(lambda m: m.state.groups.get(domain_group(domain)))
             return {"group": view.name, "view_id": view.view_id, "members": list(view.members)}

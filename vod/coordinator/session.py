@@ -79,18 +79,22 @@ class MemberSession(amp.AMP):
 
     # -- membership ---------------------------------------------------------------------------------
 
-    def _claim_id(self) -> None:
+    def _take_over(self) -> None:
+        """A reconnecting member replaces its old connection here (it may be half-open after a network blip).
+
+        Somebody else claiming the id from another address is refused by the
+        state machine's join check, not here.
+        """
         holder = self.replica.sessions.get(self.member_id)
-        if holder is not None and holder is not self and holder.transport and holder.transport.connected:
-            log.warning("refusing %s from %s: member id already connected from %s", self.member_id, self._peer(),
-                        holder._peer())
-            raise Refused(f"member id {self.member_id} is already connected")
+        if holder is not None and holder is not self:
+            log.info("%s reconnected from %s; closing its previous connection", self.member_id, self._peer())
+            del self.replica.sessions[self.member_id]
+            holder.transport.loseConnection()
 
     @Join.responder
     def join(self, kind, domain, address, user, capacity, movies):
         self._require(AUTHENTICATED, MEMBER)
         self._require_primary()
-        self._claim_id()
         if not isinstance(movies, list):
             raise Refused("movies must be a list of movie ids")
         d = self.replica.join(self, kind, domain, address, user, capacity, movies)
@@ -99,13 +103,18 @@ class MemberSession(amp.AMP):
             self.phase = MEMBER
             return {"view": view, "term": self.replica.term}
 
-        return d.addCallback(joined).addErrback(self._as_refusal)
+        def refused(failure):
+            if failure.check(Refused):
+                log.warning("join of %s from %s refused: %s", self.member_id, self._peer(), failure.value)
+            return failure
+
+        return d.addCallback(joined).addErrback(self._as_refusal).addErrback(refused)
 
     @Resume.responder
     def resume(self, positions):
         self._require(AUTHENTICATED, MEMBER)
         self._require_primary()
-        self._claim_id()
+        self._take_over()
         owed = self.replica.resume(self)
         if owed is None:
             raise Refused(f"{self.member_id} is not a member any more; join again")
@@ -175,12 +184,12 @@ class MemberSession(amp.AMP):
         for event in events:
             event_size = len(repr(event)) + 16
             if batch and size + event_size > MAX_JSON // 2:
-                self.callRemote(Deliver, events=batch)
+                self.callRemote(Deliver, events=batch, term=self.replica.term)
                 batch, size = [], 0
             batch.append(event)
             size += event_size
         if batch:
-            self.callRemote(Deliver, events=batch)
+            self.callRemote(Deliver, events=batch, term=self.replica.term)
 
     def _as_refusal(self, failure):
         if failure.check(NotPrimary, AuthFailed, Refused):

@@ -170,8 +170,8 @@ class _CoordinatorLink(amp.AMP):
         self.attempt = attempt
 
     @wire.Deliver.responder
-    def deliver(self, events):
-        self.member._received(self, events)
+    def deliver(self, events, term):
+        self.member._received(self, events, term)
         return {}
 
     def unhandledError(self, failure: Failure) -> None:
@@ -200,9 +200,16 @@ def _is_link_trouble(failure: Failure) -> bool:
 class GroupMember:
     """A member of one domain: joined through whichever coordinator is primary, events in order.
 
-    `start()` fires with the join answer's view once joined; afterwards the
-    member reconnects on its own until `stop()`. Commands (`cast`,
-    `next_ruid`, `status`) wait out reconnections, up to `command_timeout`.
+    `start()` fires with the join answer's view once joined. It does not time
+    out: coordinators that are not up yet are waited for (callers add their
+    own timeout). A refusal before the first join (wrong secret, member id in
+    use) fails it for good; after that the member reconnects on its own
+    until `stop()`. Commands (`cast`, `next_ruid`, `status`) wait out
+    reconnections, up to `command_timeout`.
+
+    Attributes: `views` (group -> the last ViewChanged delivered), `term`
+    (highest coordinator term seen), `primary` (the address believed to be
+    the acting primary, None when unknown), `connected` (JOINED now).
     """
 
     def __init__(self, reactor, coordinators: Iterable[str], secret: bytes, member_id: str, kind: str,
@@ -235,7 +242,7 @@ class GroupMember:
         self.term = 0
         self.primary: str | None = None
         self.views: dict[str, ViewChanged] = {}
-        self._deliveries = DeliveryLog()
+        self._deliveries = DeliveryLog(self.member_id)
         self._incarnated = False  # a Join went through: the coordinator knows us, Resume is the way back
 
         self._state = State.IDLE
@@ -409,7 +416,7 @@ class GroupMember:
     def _forget_deliveries(self, **_: Any) -> None:
         # The coordinator forgot this member, so positions in the old
         # incarnation's groups mean nothing; its new views start afresh.
-        self._deliveries = DeliveryLog()
+        self._deliveries = DeliveryLog(self.member_id)
         self.views = {}
         self._incarnated = False
 
@@ -526,10 +533,15 @@ class GroupMember:
         else:
             self._fire("failed", link.attempt, reason=failure.getErrorMessage())
 
-    def _received(self, link: _CoordinatorLink, events: Any) -> None:
+    def _received(self, link: _CoordinatorLink, events: Any, term: int) -> None:
         """A Deliver: hand each new event on, drop replays, resume on a gap."""
         if link.attempt != self._attempt or self._state not in _RECEIVING:
             return
+        if term < self.term:
+            # Fencing: a primary from an older term was deposed; whatever it pushes is void.
+            log.warning("%s: ignoring a Deliver with stale term %d (newest seen %d)", self.member_id, term, self.term)
+            return
+        self._see_term(term)
         try:
             decoded = decode_events(events)
         except ValueError as err:

@@ -128,9 +128,14 @@ class RegisterStandby(amp.Command):
 
 
 class Deliver(amp.Command):
-    """Coordinator -> member: committed events for this member, in log order."""
+    """Coordinator -> member: committed events for this member, in log order.
 
-    arguments = [(b"events", Json())]
+    `term` is the fencing token: the Raft term of the primary that sends. A
+    member ignores a Deliver whose term is older than the newest it has seen,
+    so a deposed primary that wakes up cannot push anything.
+    """
+
+    arguments = [(b"events", Json()), (b"term", amp.Integer())]
     response: list = []
     requiresAnswer = False
 
