@@ -10,6 +10,7 @@ from vod.addr import parse_addr, parse_addr_list
 from vod.cliutil import ArgumentParser, run
 from vod.errors import UsageError
 from vod.logsetup import setup_logging
+from vod.clock import MonotonicClock
 from vod.secrets import add_secret_argument, read_secret
 
 log = logging.getLogger("vod.coordinator")
@@ -69,7 +70,8 @@ def entry(argv: Sequence[str]) -> int:
     replica = CoordinatorReplica(reactor, replica_id=args.replica_id, raft_addr=args.raft, peers=peers,
                                  listen=args.listen, secret=secret, data_dir=args.data,
                                  failure_timeout=args.failure_timeout, grace=args.grace, standby=args.standby,
-                                 coordinators=coordinators, replace_after=args.replace_after)
+                                 coordinators=coordinators, replace_after=args.replace_after,
+                                 clock=MonotonicClock())
     failed = []
 
     def start():

@@ -34,7 +34,7 @@ REPLICAS_TABLE = "replicas"
 class Recruiter:
     def __init__(self, replica: "CoordinatorReplica", replace_after: float = 1.0, standby_ttl: float = 2.0):
         self.replica = replica
-        self.clock = replica.reactor
+        self.clock = replica.clock
         self.replace_after = replace_after
         self.standby_ttl = standby_ttl
         self._standbys: dict[str, tuple[dict, float]] = {}  # raft addr -> (record, last registration)
@@ -105,7 +105,7 @@ class StandbyWaiter:
         self.promoted = False
 
     def tick(self) -> None:
-        now = self.replica.reactor.seconds()
+        now = self.replica.clock.seconds()
         if self.promoted or self._asking or now < self._next:
             return
         self._next = now + self.interval

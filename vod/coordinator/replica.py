@@ -38,7 +38,7 @@ class CoordinatorReplica:
     def __init__(self, reactor, *, replica_id: str, raft_addr: str, peers: list[str], listen: str, secret: bytes,
                  data_dir: str | None, settings: RaftSettings = RaftSettings(), failure_timeout: float = 1.0,
                  grace: float = 2.0, check_interval: float = 0.02, standby: bool = False,
-                 coordinators: list[str] = (), replace_after: float = 1.0, raft_factory=RaftLog):
+                 coordinators: list[str] = (), replace_after: float = 1.0, raft_factory=RaftLog, clock=None):
         self.reactor = reactor
         self.replica_id = replica_id
         self.raft_addr = raft_addr
@@ -50,7 +50,10 @@ class CoordinatorReplica:
         self.machine = GroupMachine()
         self.raft = raft_factory(reactor, raft_addr, peers, secret, self.machine, data_dir, settings,
                                  on_view=self._on_raft_view, on_applied=self._on_applied)
-        self.detector = FailureDetector(reactor, failure_timeout)
+        # Timeouts are judged on `clock` (a monotonic one in production: a wall-clock jump must not
+        # expire everybody at once); tests pass a twisted Clock as both reactor and clock.
+        self.clock = clock or reactor
+        self.detector = FailureDetector(self.clock, failure_timeout)
         self.sessions: dict[str, MemberSession] = {}
         self.acting = False
         self.raft_view: RaftView | None = None

@@ -33,8 +33,9 @@ class GroupMachine:
     def apply(self, command: dict) -> dict[str, Any]:
         """Apply `command`; returns {"events": [...], "pushes": [[event, [member ids]], ...]} as plain data."""
         events = self.state.apply(command)
-        if command.get("op") == "join":
-            # A join is a new incarnation: what the previous one was owed is void.
+        if command.get("op") == "join" and events:
+            # A join is a new incarnation: what the previous one was owed is void. (A repeated
+            # identical join returns no events and keeps the incarnation, and its outbox.)
             self._outboxes.pop(command.get("member_id"), None)
         pushes = []
         for event in events:

@@ -34,7 +34,7 @@ import struct
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 from twisted.protocols import amp
 
@@ -117,32 +117,25 @@ class BlockingClient:
     def send_box(self, box: dict[bytes, bytes]) -> None:
         self._sock.sendall(encode_box(box))
 
-    def _read_exactly(self, n: int, deadline: float) -> bytes:
-        while len(self._buf) < n:
+    def read_box(self, timeout: float | None = None) -> dict[bytes, bytes]:
+        """The next whole box; ProbeTimeout (nothing lost: a partial box stays buffered) or ConnectionClosed."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            box, used = parse_box(self._buf)
+            if box is not None:
+                self._buf = self._buf[used:]
+                return box
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ProbeTimeout(f"{self.addr}: no answer within {self.timeout:g}s")
+                raise ProbeTimeout(f"{self.addr}: no answer within {self.timeout if timeout is None else timeout:g}s")
             self._sock.settimeout(left)
             try:
                 chunk = self._sock.recv(65536)
             except socket.timeout:
-                raise ProbeTimeout(f"{self.addr}: no answer within {self.timeout:g}s") from None
+                continue  # the deadline check above raises
             if not chunk:
                 raise ConnectionClosed(f"{self.addr} closed the connection")
             self._buf += chunk
-        data, self._buf = self._buf[:n], self._buf[n:]
-        return data
-
-    def read_box(self, timeout: float | None = None) -> dict[bytes, bytes]:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        box: dict[bytes, bytes] = {}
-        while True:
-            (klen,) = struct.unpack("!H", self._read_exactly(2, deadline))
-            if klen == 0:
-                return box
-            key = self._read_exactly(klen, deadline)
-            (vlen,) = struct.unpack("!H", self._read_exactly(2, deadline))
-            box[key] = self._read_exactly(vlen, deadline)
 
     def wait_closed(self, timeout: float) -> bool:
         """True if the peer closes the connection within `timeout` (whatever it sends before that)."""
@@ -194,29 +187,80 @@ class BlockingClient:
         self.call(Authenticate, member_id=member_id, mac=auth_mac(secret, challenge["nonce"], member_id))
         return self.replica
 
-    def pipeline(self, command: type[amp.Command], count: int, window: int,
-                 clock: Callable[[], float] = time.perf_counter) -> list[tuple[float, float, dict]]:
-        """`count` calls with up to `window` outstanding; returns (sent, answered, answer) per call, in order."""
-        sent: dict[bytes, float] = {}
+    def pipeline(self, command: type[amp.Command], count: int, window: int, duration: float | None = None,
+                 rate: float | None = None, clock: Callable[[], float] = time.perf_counter) -> list["Call"]:
+        """Up to `count` calls with at most `window` outstanding; none issued after `duration` seconds.
+
+        With `rate`, call i is due at start + i/rate (open loop: it does not wait for earlier answers
+        unless `window` are outstanding); `Call.due` is that time, so latency measured from it includes
+        any time the call waited for its turn. All issued calls are answered (or this raises) before it
+        returns; the result is in the order sent.
+        """
+        start = clock()
+        stop_at = None if duration is None else start + duration
+        outstanding: dict[bytes, tuple[float, float]] = {}
         order: list[bytes] = []
-        done: dict[bytes, tuple[float, float, dict]] = {}
-        issued = 0
-        while len(done) < count:
-            while issued < count and len(sent) < window:
-                t = clock()
+        done: dict[bytes, Call] = {}
+        while True:
+            now = clock()
+            while len(order) < count and len(outstanding) < window and (stop_at is None or now < stop_at):
+                due = start + len(order) / rate if rate else now
+                if due > now:
+                    break
                 tag = self.ask(command)
-                sent[tag] = t
+                outstanding[tag] = (due, clock())
                 order.append(tag)
-                issued += 1
-            box = self.read_box()
+                now = clock()
+            more = len(order) < count and (stop_at is None or now < stop_at)
+            if not outstanding and not more:
+                break
+            wait = None
+            if rate and more and len(outstanding) < window:
+                wait = max(0.0, start + len(order) / rate - clock())
+            try:
+                box = self.read_box(wait)
+            except ProbeTimeout:
+                if wait is None:
+                    raise
+                continue  # time to send the next one
             tag = box.get(amp.ANSWER) or box.get(amp.ERROR)
-            if tag not in sent:
+            if tag not in outstanding:
                 continue
-            t0 = sent.pop(tag)
+            due, sent = outstanding.pop(tag)
             if amp.ERROR in box:
                 raise decode_error(command, box)
-            done[tag] = (t0, clock(), command.parseResponse(box, None))
+            done[tag] = Call(due, sent, clock(), command.parseResponse(box, None))
         return [done[tag] for tag in order]
+
+
+class Call(NamedTuple):
+    due: float  # when it was meant to be sent (== sent without a rate)
+    sent: float
+    answered: float
+    answer: dict
+
+
+def parse_box(buf: bytes) -> tuple[dict[bytes, bytes] | None, int]:
+    """(box, bytes used) if `buf` starts with a whole AMP box, else (None, 0)."""
+    box: dict[bytes, bytes] = {}
+    pos = 0
+    while True:
+        if len(buf) < pos + 2:
+            return None, 0
+        (klen,) = struct.unpack_from("!H", buf, pos)
+        pos += 2
+        if klen == 0:
+            return box, pos
+        if len(buf) < pos + klen + 2:
+            return None, 0
+        key = buf[pos:pos + klen]
+        pos += klen
+        (vlen,) = struct.unpack_from("!H", buf, pos)
+        pos += 2
+        if len(buf) < pos + vlen:
+            return None, 0
+        box[key] = buf[pos:pos + vlen]
+        pos += vlen
 
 
 def decode_error(command: type[amp.Command], box: dict[bytes, bytes]) -> Exception:

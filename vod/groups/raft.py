@@ -131,6 +131,10 @@ class _Replicated(SyncObjConsumer):
             except VodError as err:
                 # A refused command is still an ordered, deterministic outcome on every replica.
                 result = {"error": type(err).__name__, "message": str(err)}
+            except Exception as err:
+                # Never let an exception escape: pysyncobj would not mark the entry applied and stall.
+                log.exception("applying a replicated command failed: %.200s", text)
+                result = {"error": type(err).__name__, "message": str(err)}
         if self._on_applied is not None:
             self._on_applied(command, result)
         return result
