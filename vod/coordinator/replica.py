@@ -24,7 +24,7 @@ from twisted.internet.task import LoopingCall
 from vod.groups import commands as cmds
 from vod.groups.events import RuidAssigned, event_from_dict
 from vod.groups.liveness import FailureDetector
-from vod.groups.machine import GroupMachine
+from vod.coordinator.machine import GroupMachine
 from vod.groups.raft import LEADER, NotCommitted, RaftLog, RaftSettings, RaftView
 from vod.groups.state import domain_group
 from vod.groups.wire import Refused

@@ -83,7 +83,33 @@ class TableDeleted:
     key: str
 
 
-Event = ViewChanged | Delivered | GroupDissolved | RuidAssigned | MemberExcluded | TablePut | TableDeleted
+@dataclass(frozen=True)
+class StrategyAssigned:
+    """Request `ruid` is served by `strategy` (a versioned Strategy dict); pushed to its video group.
+
+    `reason` is "initial" or "restripe"; a member acts on the newest `revision` only.
+    """
+
+    ruid: int
+    group: str
+    revision: int
+    reason: str
+    strategy: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RequestChanged:
+    """Request `ruid` (the client's `request_id`) moved to `state`; pushed to its client."""
+
+    ruid: int
+    request_id: str
+    client: str
+    state: str
+    reason: str
+
+
+Event = (ViewChanged | Delivered | GroupDissolved | RuidAssigned | MemberExcluded | TablePut | TableDeleted
+         | StrategyAssigned | RequestChanged)
 GROUP_EVENTS = (ViewChanged, Delivered, GroupDissolved)
 _EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 

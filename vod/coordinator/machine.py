@@ -18,8 +18,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from vod.coordinator.requests import RequestBook, is_request_command
 from vod.groups.events import MemberExcluded, event_to_dict
-from vod.groups.state import GroupState
+from vod.groups.state import BadSnapshot, GroupState
+
+SNAPSHOT_VERSION = 1
 
 OUTBOX_LIMIT = 1000
 
@@ -27,19 +30,30 @@ OUTBOX_LIMIT = 1000
 class GroupMachine:
     def __init__(self, outbox_limit: int = OUTBOX_LIMIT):
         self.state = GroupState()
+        self.requests = RequestBook()
         self._outbox_limit = outbox_limit
         self._outboxes: dict[str, deque] = {}
 
     def apply(self, command: dict) -> dict[str, Any]:
         """Apply `command`; returns {"events": [...], "pushes": [[event, [member ids]], ...]} as plain data."""
-        events = self.state.apply(command)
-        if command.get("op") == "join" and events:
-            # A join is a new incarnation: what the previous one was owed is void. (A repeated
-            # identical join returns no events and keeps the incarnation, and its outbox.)
-            self._outboxes.pop(command.get("member_id"), None)
+        if is_request_command(command):
+            pushed = self.requests.apply(command, self.state)
+        else:
+            events = self.state.apply(command)
+            if command.get("op") == "join" and events:
+                # A join is a new incarnation: what the previous one was owed is void. (A repeated
+                # identical join returns no events and keeps the incarnation, and its outbox.)
+                self._outboxes.pop(command.get("member_id"), None)
+            pushed = [(event, None) for event in events]
+            gone = [e.member_id for e in events if isinstance(e, MemberExcluded)]
+            if command.get("op") == "leave":
+                gone.append(command.get("member_id"))
+            # The same log entry ends the requests of clients that are gone: every replica agrees when.
+            pushed += self.requests.clients_gone(gone, self.state)
         pushes = []
-        for event in events:
-            recipients = self.state.recipients(event)
+        for event, recipients in pushed:
+            if recipients is None:
+                recipients = self.state.recipients(event)
             data = event_to_dict(event)
             for member_id in recipients:
                 self._outbox(member_id).append(data)
@@ -49,7 +63,7 @@ class GroupMachine:
                 self._outboxes.pop(event.member_id, None)
         if command.get("op") == "leave":
             self._outboxes.pop(command.get("member_id"), None)
-        return {"events": [event_to_dict(e) for e in events], "pushes": pushes}
+        return {"events": [event_to_dict(e) for e, _ in pushed], "pushes": pushes}
 
     def _outbox(self, member_id: str) -> deque:
         box = self._outboxes.get(member_id)
@@ -62,9 +76,11 @@ class GroupMachine:
         return list(self._outboxes.get(member_id, ()))
 
     def snapshot(self) -> dict:
-        return self.state.snapshot()
+        return {"v": SNAPSHOT_VERSION, "groups": self.state.snapshot(), "requests": self.requests.snapshot()}
 
     def restore(self, snapshot: dict) -> None:
-        self.state = GroupState.from_snapshot(snapshot)
+        if snapshot.get("v") != SNAPSHOT_VERSION:
+            raise BadSnapshot(f"unknown coordinator snapshot version {snapshot.get('v')!r}")
+        self.state = GroupState.from_snapshot(snapshot["groups"])
+        self.requests = RequestBook.from_snapshot(snapshot["requests"])
         self._outboxes = {}
-

@@ -1,0 +1,291 @@
+"""The request life cycle: one replicated state machine per request, transitions in one table.
+
+    pending --strategize--> strategized --start--> streaming
+       |                        |   \\--restripe--/    |  \\--restripe
+       +--cancel/fail-->  cancelled / failed  <--cancel/fail--+
+                                \\--cdone--> done <--cdone--/
+
+Applied on every replica in log order (through `GroupMachine`), so a backup
+that takes over holds every request exactly where it was. A request is keyed
+by its RUID and, for retries, by the client's own request id: opening the same
+(client, request id) again answers with the same RUID and changes nothing.
+
+Each step that touches the video group does so in the same log entry:
+`strategize` creates `video:RUID` with the client and the strategy's servers
+(their VIEW is the seed's "join the video group"), and `cdone`, `cancel` and
+`fail` dissolve it (the seed's VDONE to the client and SDONE to the servers).
+A step is validated completely before anything changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+from typing import Any, Mapping
+
+from vod.groups import commands as group_cmds
+from vod.groups.commands import BadCommand
+from vod.groups.events import Event, RequestChanged, StrategyAssigned
+from vod.groups.state import GroupState, video_group
+from vod.strategy.mask import FrameMask
+
+REQUEST_VERSION = 1
+PENDING, STRATEGIZED, STREAMING = "pending", "strategized", "streaming"
+DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
+ACTIVE = (PENDING, STRATEGIZED, STREAMING)
+MOVIES_TABLE = "movies"
+
+# (state, action) -> next state. Everything not listed is refused.
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (PENDING, "strategize"): STRATEGIZED,
+    (STRATEGIZED, "start"): STREAMING,
+    (STRATEGIZED, "restripe"): STRATEGIZED,
+    (STREAMING, "restripe"): STREAMING,
+    (STRATEGIZED, "cdone"): DONE,
+    (STREAMING, "cdone"): DONE,
+    **{(state, "cancel"): CANCELLED for state in ACTIVE},
+    **{(state, "fail"): FAILED for state in ACTIVE},
+}
+
+Pushed = tuple[Event, tuple[str, ...] | None]  # recipients None: ask GroupState.recipients
+
+
+def mask_to_text(mask: FrameMask) -> str:
+    return base64.b64encode(mask.to_bytes()).decode("ascii")
+
+
+def mask_from_text(text: Any, frame_count: int, what: str) -> FrameMask:
+    if not isinstance(text, str):
+        raise BadCommand(f"{what} must be a base64 mask, not {type(text).__name__}")
+    try:
+        data = base64.b64decode(text.encode("ascii"), validate=True)
+        mask = FrameMask.from_bytes(data, max_length=frame_count)
+    except Exception as err:
+        raise BadCommand(f"{what}: not a valid frame mask ({err})") from None
+    if len(mask) != frame_count:
+        raise BadCommand(f"{what} covers {len(mask)} frames; the movie has {frame_count}")
+    return mask
+
+
+def _command(op: str, **fields: Any) -> dict[str, Any]:
+    return {"v": REQUEST_VERSION, "op": op, **fields}
+
+
+def open_cmd(request_id: str, client: str, movie: str, wanted: FrameMask) -> dict:
+    return _command("req_open", request_id=request_id, client=client, movie=movie, wanted=mask_to_text(wanted))
+
+
+def strategize_cmd(ruid: int, strategy: dict) -> dict:
+    return _command("req_strategize", ruid=ruid, strategy=strategy)
+
+
+def start_cmd(ruid: int, client: str) -> dict:
+    return _command("req_start", ruid=ruid, client=client)
+
+
+def restripe_cmd(ruid: int, strategy: dict, failed: list[str]) -> dict:
+    return _command("req_restripe", ruid=ruid, strategy=strategy, failed=sorted(failed))
+
+
+def cdone_cmd(ruid: int, client: str, held: FrameMask) -> dict:
+    return _command("req_cdone", ruid=ruid, client=client, held=mask_to_text(held))
+
+
+def cancel_cmd(ruid: int, client: str) -> dict:
+    return _command("req_cancel", ruid=ruid, client=client)
+
+
+def fail_cmd(ruid: int, reason: str) -> dict:
+    return _command("req_fail", ruid=ruid, reason=reason)
+
+
+def is_request_command(command: Mapping) -> bool:
+    return isinstance(command, Mapping) and str(command.get("op", "")).startswith("req_")
+
+
+def strategy_servers(strategy: Any) -> list[str]:
+    """The servers a strategy dict assigns frames to, in its order; BadCommand if it is malformed."""
+    if not isinstance(strategy, Mapping) or not isinstance(strategy.get("assignments"), list):
+        raise BadCommand("a strategy is an object with an assignments list")
+    servers = []
+    for item in strategy["assignments"]:
+        server = item.get("server") if isinstance(item, Mapping) else None
+        if not isinstance(server, str) or not server or server in servers:
+            raise BadCommand(f"strategy assignment {item!r} has no server or repeats one")
+        servers.append(server)
+    return servers
+
+
+class RequestBook:
+    """Every request and every client's cached mask, as plain JSON-able records."""
+
+    def __init__(self) -> None:
+        self._requests: dict[int, dict[str, Any]] = {}
+        self._by_request_id: dict[str, int] = {}  # "client|request id" -> RUID
+        self._caches: dict[str, dict[str, Any]] = {}  # "client|movie" -> {"client", "movie", "mask", "frames"}
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def request(self, ruid: int) -> dict[str, Any] | None:
+        record = self._requests.get(ruid)
+        return copy.deepcopy(record) if record else None
+
+    def requests(self) -> list[dict[str, Any]]:
+        return [copy.deepcopy(self._requests[r]) for r in sorted(self._requests)]
+
+    def caches(self) -> list[dict[str, Any]]:
+        return [copy.deepcopy(self._caches[k]) for k in sorted(self._caches)]
+
+    def active_for_client(self, client: str) -> list[int]:
+        return sorted(r for r, rec in self._requests.items() if rec["client"] == client and rec["state"] in ACTIVE)
+
+    # -- applying -----------------------------------------------------------------------------------
+
+    def apply(self, command: Mapping[str, Any], groups: GroupState) -> list[Pushed]:
+        if command.get("v") != REQUEST_VERSION:
+            raise BadCommand(f"unknown request command version {command.get('v')!r}")
+        handler = self._HANDLERS.get(command.get("op"))
+        if handler is None:
+            raise BadCommand(f"unknown request op {command.get('op')!r}")
+        fields = {k: v for k, v in command.items() if k not in ("v", "op")}
+        try:
+            return handler(self, groups, **fields)
+        except TypeError as err:
+            raise BadCommand(f"{command.get('op')}: wrong fields ({err})") from None
+
+    def _open(self, groups: GroupState, request_id, client, movie, wanted) -> list[Pushed]:
+        if not isinstance(request_id, str) or not request_id or len(request_id) > 128:
+            raise BadCommand("a request id is a string of 1-128 characters")
+        member = groups.members.get(client)
+        if member is None or member.kind != "client":
+            raise BadCommand(f"{client} is not a client of any domain")
+        key = f"{client}|{request_id}"
+        if key in self._by_request_id:
+            record = self._requests[self._by_request_id[key]]
+            return [(self._changed(record, "retry of an open request"), (client,))]
+        info = groups.table(MOVIES_TABLE).get(movie)
+        if info is None:
+            raise BadCommand(f"unknown movie {movie!r}: no server of this coordinator group holds it")
+        wanted_mask = mask_from_text(wanted, int(info["frame_count"]), "wanted mask")
+        if not wanted_mask.count():
+            raise BadCommand("the wanted mask is empty: nothing to send")
+        ruid = next(e.ruid for e in groups.apply(group_cmds.next_ruid_cmd()) if hasattr(e, "ruid"))
+        record = {"v": REQUEST_VERSION, "ruid": ruid, "request_id": request_id, "client": client,
+                  "domain": member.domain, "movie": movie, "frame_count": int(info["frame_count"]),
+                  "wanted": wanted, "state": PENDING, "strategy": None, "revision": 0, "history": [],
+                  "reason": "", "opened_at": groups.last_applied, "changed_at": groups.last_applied}
+        self._requests[ruid] = record
+        self._by_request_id[key] = ruid
+        return [(self._changed(record, "admitted"), (client,))]
+
+    def _strategize(self, groups: GroupState, ruid, strategy) -> list[Pushed]:
+        record = self._step(ruid, "strategize")
+        servers = strategy_servers(strategy)
+        group = video_group(ruid)
+        pushed: list[Pushed] = [(e, None) for e in groups.apply(
+            group_cmds.create_group_cmd(group, [record["client"], *sorted(servers)]))]
+        return pushed + self._assign(groups, record, strategy, "initial", STRATEGIZED)
+
+    def _restripe(self, groups: GroupState, ruid, strategy, failed) -> list[Pushed]:
+        record = self._step(ruid, "restripe")
+        strategy_servers(strategy)
+        record["history"].append({"at": groups.last_applied, "failed": list(failed),
+                                  "revision": record["revision"] + 1})
+        return self._assign(groups, record, strategy, "restripe", record["state"])
+
+    def _assign(self, groups: GroupState, record: dict, strategy: dict, reason: str, state: str) -> list[Pushed]:
+        record["strategy"] = copy.deepcopy(strategy)
+        record["revision"] += 1
+        self._move(record, state, groups, reason)
+        group = video_group(record["ruid"])
+        event = StrategyAssigned(record["ruid"], group, record["revision"], reason, copy.deepcopy(strategy))
+        members = groups.groups[group].members if group in groups.groups else ()
+        return [(event, tuple(members)), (self._changed(record, reason), (record["client"],))]
+
+    def _start(self, groups: GroupState, ruid, client) -> list[Pushed]:
+        record = self._owned(ruid, client)
+        self._step(ruid, "start")
+        self._move(record, STREAMING, groups, "first frames arrived")
+        return [(self._changed(record, "streaming"), (client,))]
+
+    def _cdone(self, groups: GroupState, ruid, client, held) -> list[Pushed]:
+        record = self._owned(ruid, client)
+        self._step(ruid, "cdone")
+        held_mask = mask_from_text(held, record["frame_count"], "held mask")
+        self._caches[f"{client}|{record['movie']}"] = {"client": client, "movie": record["movie"], "mask": held,
+                                                       "frames": held_mask.count(),
+                                                       "frame_count": record["frame_count"]}
+        return self._end(groups, record, DONE, f"CDONE with {held_mask.count()} of {record['frame_count']} frames")
+
+    def _cancel(self, groups: GroupState, ruid, client) -> list[Pushed]:
+        record = self._owned(ruid, client)
+        self._step(ruid, "cancel")
+        return self._end(groups, record, CANCELLED, "cancelled by the client")
+
+    def _fail(self, groups: GroupState, ruid, reason) -> list[Pushed]:
+        record = self._step(ruid, "fail")
+        return self._end(groups, record, FAILED, str(reason))
+
+    _HANDLERS = {"req_open": _open, "req_strategize": _strategize, "req_restripe": _restripe, "req_start": _start,
+                 "req_cdone": _cdone, "req_cancel": _cancel, "req_fail": _fail}
+
+    def clients_gone(self, member_ids: list[str], groups: GroupState) -> list[Pushed]:
+        """Clients that left or were excluded: their active requests fail and their video groups dissolve."""
+        pushed: list[Pushed] = []
+        for ruid in sorted(self._requests):
+            record = self._requests[ruid]
+            if record["client"] in member_ids and record["state"] in ACTIVE:
+                pushed += self._end(groups, record, FAILED, "the client left or crashed")
+        return pushed
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _step(self, ruid: Any, action: str) -> dict:
+        record = self._requests.get(ruid) if isinstance(ruid, int) else None
+        if record is None:
+            raise BadCommand(f"no request with RUID {ruid!r}")
+        if (record["state"], action) not in TRANSITIONS:
+            raise BadCommand(f"request {ruid} is {record['state']}: cannot {action}")
+        return record
+
+    def _owned(self, ruid: Any, client: Any) -> dict:
+        record = self._requests.get(ruid) if isinstance(ruid, int) else None
+        if record is None:
+            raise BadCommand(f"no request with RUID {ruid!r}")
+        if record["client"] != client:
+            raise BadCommand(f"request {ruid} belongs to another client")
+        return record
+
+    def _move(self, record: dict, state: str, groups: GroupState, reason: str) -> None:
+        record["state"] = state
+        record["reason"] = reason
+        record["changed_at"] = groups.last_applied
+
+    def _end(self, groups: GroupState, record: dict, state: str, reason: str) -> list[Pushed]:
+        group = video_group(record["ruid"])
+        pushed: list[Pushed] = []
+        if group in groups.groups:
+            pushed = [(e, None) for e in groups.apply(group_cmds.dissolve_group_cmd(group))]
+        self._move(record, state, groups, reason)
+        return pushed + [(self._changed(record, reason), (record["client"],))]
+
+    @staticmethod
+    def _changed(record: dict, reason: str) -> RequestChanged:
+        return RequestChanged(record["ruid"], record["request_id"], record["client"], record["state"], reason)
+
+    # -- snapshot -------------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"v": REQUEST_VERSION, "requests": self.requests(), "caches": self.caches()}
+
+    @classmethod
+    def from_snapshot(cls, data: Mapping[str, Any]) -> "RequestBook":
+        if data.get("v") != REQUEST_VERSION:
+            raise BadCommand(f"unknown request book snapshot version {data.get('v')!r}")
+        book = cls()
+        for record in data["requests"]:
+            book._requests[record["ruid"]] = copy.deepcopy(record)
+            book._by_request_id[f"{record['client']}|{record['request_id']}"] = record["ruid"]
+        for cache in data["caches"]:
+            book._caches[f"{cache['client']}|{cache['movie']}"] = copy.deepcopy(cache)
+        return book
