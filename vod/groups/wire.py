@@ -18,12 +18,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import zlib
 from typing import Any
 
 from twisted.protocols import amp
 
 PROTOCOL_VERSION = 1
 MAX_JSON = 60_000  # one AMP value holds at most 65,535 bytes
+COMPRESS_ABOVE = 8_000
+MAX_EXPANDED = 16_000_000
+ZLIB_MARKER = b"\x00Z"
 
 
 class NotPrimary(Exception):
@@ -42,17 +46,30 @@ COMMON_ERRORS = {NotPrimary: b"NOT_PRIMARY", AuthFailed: b"AUTH_FAILED", Refused
 
 
 class Json(amp.Argument):
-    """A JSON value, size-limited, decoded strictly (a bad value is a protocol error)."""
+    """A JSON value, size-limited, decoded strictly (a bad value is a protocol error).
+
+    Encoding: the UTF-8 JSON text; or, when that is over `COMPRESS_ABOVE` bytes
+    (strategies carry frame masks), the marker b"\\x00Z" then the zlib-compressed
+    text. Decompression stops at `MAX_EXPANDED` bytes, so a small box cannot
+    make us allocate without bound.
+    """
 
     def toString(self, inObject: Any) -> bytes:
         data = json.dumps(inObject, separators=(",", ":"), sort_keys=True).encode()
+        if len(data) > COMPRESS_ABOVE:
+            data = ZLIB_MARKER + zlib.compress(data, 6)
         if len(data) > MAX_JSON:
-            raise ValueError(f"JSON value of {len(data)} bytes exceeds {MAX_JSON}")
+            raise ValueError(f"JSON value of {len(data)} bytes (compressed) exceeds {MAX_JSON}")
         return data
 
     def fromString(self, inString: bytes) -> Any:
         if len(inString) > MAX_JSON:
             raise ValueError("JSON value too large")
+        if inString.startswith(ZLIB_MARKER):
+            inflater = zlib.decompressobj()
+            inString = inflater.decompress(inString[len(ZLIB_MARKER):], MAX_EXPANDED)
+            if inflater.unconsumed_tail or not inflater.eof:
+                raise ValueError("compressed JSON value is truncated or expands beyond the limit")
         return json.loads(inString.decode("utf-8"))
 
 
