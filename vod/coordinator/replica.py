@@ -14,6 +14,7 @@ to check that no two replicas ever act as primary at once.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from twisted.internet import defer
@@ -28,6 +29,8 @@ from vod.coordinator.machine import GroupMachine
 from vod.groups.raft import LEADER, NotCommitted, RaftLog, RaftSettings, RaftView
 from vod.groups.state import domain_group
 from vod.groups.wire import Refused
+from vod.strategy.placement import NoServers, ServerInfo, make_strategy
+from vod.coordinator import requests as rq
 from vod.coordinator.recruit import REPLICAS_TABLE, Recruiter, StandbyWaiter
 from vod.coordinator.session import MemberSession
 
@@ -38,7 +41,8 @@ class CoordinatorReplica:
     def __init__(self, reactor, *, replica_id: str, raft_addr: str, peers: list[str], listen: str, secret: bytes,
                  data_dir: str | None, settings: RaftSettings = RaftSettings(), failure_timeout: float = 1.0,
                  grace: float = 2.0, check_interval: float = 0.02, standby: bool = False,
-                 coordinators: list[str] = (), replace_after: float = 1.0, raft_factory=RaftLog, clock=None):
+                 coordinators: list[str] = (), replace_after: float = 1.0, raft_factory=RaftLog, clock=None,
+                 policy: str = "weighted", max_servers: int = 4):
         self.reactor = reactor
         self.replica_id = replica_id
         self.raft_addr = raft_addr
@@ -46,6 +50,8 @@ class CoordinatorReplica:
         self.secret = secret
         self.standby = standby
         self.grace = grace
+        self.policy = policy
+        self.max_servers = max_servers
         self._check_interval = check_interval
         self.machine = GroupMachine()
         self.raft = raft_factory(reactor, raft_addr, peers, secret, self.machine, data_dir, settings,
@@ -210,6 +216,8 @@ class CoordinatorReplica:
     # -- what member sessions ask for -------------------------------------------------------------
 
     def propose(self, command: dict) -> defer.Deferred:
+        if rq.is_request_command(command):
+            command = dict(command, at=round(time.time(), 3))  # request ages for vod-admin
         return self.raft.propose(command)
 
     def join(self, session: MemberSession, kind: str, domain: str, address: str, user: str, capacity: int,
@@ -246,6 +254,71 @@ class CoordinatorReplica:
         self.sessions[session.member_id] = session
         self.detector.heartbeat(session.member_id)
         return self.raft.read(lambda m: m.outbox(session.member_id))
+
+    # -- requests (the strategist) ----------------------------------------------------------------------
+
+    def register_movies(self, server_id: str, movies: list) -> defer.Deferred:
+        """Record the catalogue entries a server reports (frame counts let requests be checked)."""
+        known = self.raft.read(lambda m: m.state.table(rq.MOVIES_TABLE))
+        proposals = []
+        for entry in movies:
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                raise Refused(f"a movie entry is an object with an id, not {entry!r}")
+            info = {"frame_count": entry.get("frame_count"), "fps": entry.get("fps"),
+                    "width": entry.get("width"), "height": entry.get("height")}
+            if not isinstance(info["frame_count"], int) or info["frame_count"] <= 0:
+                raise Refused(f"movie {entry['id']}: frame_count must be a positive integer")
+            if known.get(entry["id"]) not in (None, info):
+                raise Refused(f"movie {entry['id']}: {server_id} reports {info}, the catalogue has "
+                              f"{known[entry['id']]}; one of the copies is not the same movie")
+            if known.get(entry["id"]) is None:
+                proposals.append(self.propose(cmds.put_cmd(rq.MOVIES_TABLE, entry["id"], info)))
+        return defer.gatherResults(proposals, consumeErrors=True)
+
+    def open_request(self, client_id: str, request_id: str, movie: str, wanted: str) -> defer.Deferred:
+        """Admit (or find again) a request and make sure it has a strategy; fires with (ruid, state)."""
+        d = self.propose(rq.open_cmd(request_id, client_id, movie, wanted))
+
+        def admitted(result):
+            _raise_refusal(result)
+            ruid = next(e["ruid"] for e in result["events"] if e["type"] == "RequestChanged")
+            record = self.raft.read(lambda m: m.requests.request(ruid))
+            if record["state"] != rq.PENDING:
+                return ruid, record["state"]
+            # Pending: new, or admitted by a primary that died before strategizing it.
+            return self._strategize(record).addCallback(lambda state: (ruid, state))
+
+        return d.addCallback(admitted)
+
+    def live_servers(self, domain: str) -> list[ServerInfo]:
+        def read(machine):
+            load: dict[str, int] = {}
+            for record in machine.requests.requests():
+                if record["state"] in rq.ACTIVE and record["strategy"]:
+                    for server in rq.strategy_servers(record["strategy"]):
+                        load[server] = load.get(server, 0) + 1
+            return [ServerInfo(m.member_id, max(1, m.capacity), load.get(m.member_id, 0), frozenset(m.movies))
+                    for m in machine.state.members.values() if m.kind == "server" and m.domain == domain]
+        return self.raft.read(read)
+
+    def _strategize(self, record: dict) -> defer.Deferred:
+        wanted = rq.mask_from_text(record["wanted"], record["frame_count"], "wanted mask")
+        try:
+            strategy = make_strategy(record["ruid"], record["movie"], record["client"], record["frame_count"],
+                                     wanted, self.live_servers(record["domain"]), policy=self.policy,
+                                     max_servers=self.max_servers)
+        except NoServers as err:
+            return self.propose(rq.fail_cmd(record["ruid"], str(err))).addCallback(lambda _: _refuse(str(err)))
+        d = self.propose(rq.strategize_cmd(record["ruid"], strategy.to_dict()))
+
+        def done(result):
+            _raise_refusal(result)
+            return rq.STRATEGIZED
+
+        return d.addCallback(done)
+
+    def request_step(self, command: dict) -> defer.Deferred:
+        return self.propose(command).addCallback(_raise_refusal)
 
     def register_standby(self, record: dict) -> list[str]:
         """A standby offered itself: remember it, record it once, and tell it the current voters."""
@@ -300,6 +373,11 @@ class CoordinatorReplica:
         }
 
 
-def _raise_refusal(result: Any) -> None:
+def _raise_refusal(result: Any) -> Any:
     if isinstance(result, dict) and "error" in result:
         raise Refused(result["message"])
+    return result
+
+
+def _refuse(message: str):
+    raise Refused(message)

@@ -71,8 +71,10 @@ def _command(op: str, **fields: Any) -> dict[str, Any]:
     return {"v": REQUEST_VERSION, "op": op, **fields}
 
 
-def open_cmd(request_id: str, client: str, movie: str, wanted: FrameMask) -> dict:
-    return _command("req_open", request_id=request_id, client=client, movie=movie, wanted=mask_to_text(wanted))
+def open_cmd(request_id: str, client: str, movie: str, wanted: FrameMask | str) -> dict:
+    """`wanted` as a FrameMask, or already as its base64 wire text (as a client sends it)."""
+    text = wanted if isinstance(wanted, str) else mask_to_text(wanted)
+    return _command("req_open", request_id=request_id, client=client, movie=movie, wanted=text)
 
 
 def strategize_cmd(ruid: int, strategy: dict) -> dict:
@@ -116,6 +118,17 @@ def strategy_servers(strategy: Any) -> list[str]:
     return servers
 
 
+def summary(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A request without its masks: what `vod-admin requests/strategies` lists."""
+    strategy = record.get("strategy") or {}
+    return {"ruid": record["ruid"], "request_id": record["request_id"], "client": record["client"],
+            "movie": record["movie"], "state": record["state"], "reason": record["reason"],
+            "revision": record["revision"], "frame_count": record["frame_count"],
+            "servers": [a["server"] for a in strategy.get("assignments", [])],
+            "backups": list(strategy.get("backups", [])),
+            "opened_at": record["opened_at"], "changed_at": record["changed_at"]}
+
+
 class RequestBook:
     """Every request and every client's cached mask, as plain JSON-able records."""
 
@@ -123,6 +136,7 @@ class RequestBook:
         self._requests: dict[int, dict[str, Any]] = {}
         self._by_request_id: dict[str, int] = {}  # "client|request id" -> RUID
         self._caches: dict[str, dict[str, Any]] = {}  # "client|movie" -> {"client", "movie", "mask", "frames"}
+        self._now: float | None = None  # the "at" stamp of the command being applied
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -147,7 +161,10 @@ class RequestBook:
         handler = self._HANDLERS.get(command.get("op"))
         if handler is None:
             raise BadCommand(f"unknown request op {command.get('op')!r}")
-        fields = {k: v for k, v in command.items() if k not in ("v", "op")}
+        fields = {k: v for k, v in command.items() if k not in ("v", "op", "at")}
+        # Wall-clock times come stamped in the command by the primary: replicas never read their own clock.
+        at = command.get("at")
+        self._now = float(at) if isinstance(at, (int, float)) and not isinstance(at, bool) else None
         try:
             return handler(self, groups, **fields)
         except TypeError as err:
@@ -173,7 +190,7 @@ class RequestBook:
         record = {"v": REQUEST_VERSION, "ruid": ruid, "request_id": request_id, "client": client,
                   "domain": member.domain, "movie": movie, "frame_count": int(info["frame_count"]),
                   "wanted": wanted, "state": PENDING, "strategy": None, "revision": 0, "history": [],
-                  "reason": "", "opened_at": groups.last_applied, "changed_at": groups.last_applied}
+                  "reason": "", "opened_at": self._now, "changed_at": self._now}
         self._requests[ruid] = record
         self._by_request_id[key] = ruid
         return [(self._changed(record, "admitted"), (client,))]
@@ -189,7 +206,7 @@ class RequestBook:
     def _restripe(self, groups: GroupState, ruid, strategy, failed) -> list[Pushed]:
         record = self._step(ruid, "restripe")
         strategy_servers(strategy)
-        record["history"].append({"at": groups.last_applied, "failed": list(failed),
+        record["history"].append({"at": self._now, "failed": list(failed),
                                   "revision": record["revision"] + 1})
         return self._assign(groups, record, strategy, "restripe", record["state"])
 
@@ -231,6 +248,7 @@ class RequestBook:
 
     def clients_gone(self, member_ids: list[str], groups: GroupState) -> list[Pushed]:
         """Clients that left or were excluded: their active requests fail and their video groups dissolve."""
+        self._now = None  # membership commands carry no time stamp
         pushed: list[Pushed] = []
         for ruid in sorted(self._requests):
             record = self._requests[ruid]
@@ -259,7 +277,7 @@ class RequestBook:
     def _move(self, record: dict, state: str, groups: GroupState, reason: str) -> None:
         record["state"] = state
         record["reason"] = reason
-        record["changed_at"] = groups.last_applied
+        record["changed_at"] = self._now
 
     def _end(self, groups: GroupState, record: dict, state: str, reason: str) -> list[Pushed]:
         group = video_group(record["ruid"])

@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING
 
 from twisted.protocols import amp
 
+from vod.coordinator import requests as rq
 from vod.groups import commands as cmds
 from vod.groups.commands import BadCommand
 from vod.groups.wire import (
     MAX_JSON, PROTOCOL_VERSION, AuthFailed, Authenticate, Cast, Challenge, Deliver, Heartbeat, Join, Leave,
-    NextRuid, NotPrimary, Refused, RegisterStandby, Resume, Status, auth_mac,
+    CDone, Cancel, GetRequest, NextRuid, NotPrimary, OpenRequest, Refused, RegisterMovies, RegisterStandby,
+    Requests, Resume, Started, Status, auth_mac,
 )
 
 if TYPE_CHECKING:
@@ -169,6 +171,61 @@ class MemberSession(amp.AMP):
             raise Refused("a standby registers under its own replica id")
         record = {"id": replica_id, "raft": raft, "listen": listen, "standby": True}
         return {"voters": self.replica.register_standby(record)}
+
+    # -- requests ---------------------------------------------------------------------------------------
+
+    def _member_of_kind(self, kind: str) -> None:
+        self._require(MEMBER)
+        self._require_primary()
+        member = self.replica.raft.read(lambda m: m.state.members.get(self.member_id))
+        if member is None or member.kind != kind:
+            raise Refused(f"only a {kind} may do that")
+
+    @RegisterMovies.responder
+    def register_movies(self, movies):
+        self._member_of_kind("server")
+        if not isinstance(movies, list) or len(movies) > 10_000:
+            raise Refused("movies must be a list (at most 10,000 entries)")
+        d = self.replica.register_movies(self.member_id, movies)
+        return d.addCallback(lambda _: {}).addErrback(self._as_refusal)
+
+    @OpenRequest.responder
+    def open_request(self, request_id, movie, wanted):
+        self._member_of_kind("client")
+        d = self.replica.open_request(self.member_id, request_id, movie, wanted)
+        return d.addCallback(lambda r: {"ruid": r[0], "state": r[1]}).addErrback(self._as_refusal)
+
+    def _request_step(self, command):
+        self._member_of_kind("client")
+        return self.replica.request_step(command).addCallback(lambda _: {}).addErrback(self._as_refusal)
+
+    @Started.responder
+    def started(self, ruid):
+        return self._request_step(rq.start_cmd(ruid, self.member_id))
+
+    @CDone.responder
+    def cdone(self, ruid, held):
+        return self._request_step(rq.cdone_cmd(ruid, self.member_id, held))
+
+    @Cancel.responder
+    def cancel(self, ruid):
+        return self._request_step(rq.cancel_cmd(ruid, self.member_id))
+
+    @Requests.responder
+    def requests(self):
+        self._require(AUTHENTICATED, MEMBER)
+        return self.replica.raft.read(lambda m: {
+            "requests": [rq.summary(r) for r in m.requests.requests()],
+            "caches": [{k: v for k, v in c.items() if k != "mask"} for c in m.requests.caches()],
+            "movies": m.state.table(rq.MOVIES_TABLE)})
+
+    @GetRequest.responder
+    def get_request(self, ruid):
+        self._require(AUTHENTICATED, MEMBER)
+        record = self.replica.raft.read(lambda m: m.requests.request(ruid))
+        if record is None:
+            raise Refused(f"no request with RUID {ruid}")
+        return {"request": record}
 
     @Status.responder
     def status(self):

@@ -144,6 +144,66 @@ class RegisterStandby(amp.Command):
     errors = COMMON_ERRORS
 
 
+class RegisterMovies(amp.Command):
+    """A server tells the coordinator the movies it holds: [{"id", "frame_count", "fps", "width", "height"}]."""
+
+    arguments = [(b"movies", Json())]
+    response: list = []
+    errors = COMMON_ERRORS
+
+
+class OpenRequest(amp.Command):
+    """A client asks for frames of a movie (seed: REQUEST). `wanted` is a base64 FrameMask wire encoding.
+
+    The answer is the RUID; the strategy arrives as a StrategyAssigned push to the video group. The
+    client-chosen `request_id` makes retries safe: the same id always gets the same RUID.
+    """
+
+    arguments = [(b"request_id", amp.Unicode()), (b"movie", amp.Unicode()), (b"wanted", amp.Unicode())]
+    response = [(b"ruid", amp.Integer()), (b"state", amp.Unicode())]
+    errors = COMMON_ERRORS
+
+
+class Started(amp.Command):
+    """The client receives frames of `ruid`: the request is streaming."""
+
+    arguments = [(b"ruid", amp.Integer())]
+    response: list = []
+    errors = COMMON_ERRORS
+
+
+class CDone(amp.Command):
+    """The client is done with `ruid` and holds `held` (base64 FrameMask) of the movie (seed: CDONE)."""
+
+    arguments = [(b"ruid", amp.Integer()), (b"held", amp.Unicode())]
+    response: list = []
+    errors = COMMON_ERRORS
+
+
+class Cancel(amp.Command):
+    """The client gives up `ruid`; its video group is dissolved and its servers stop."""
+
+    arguments = [(b"ruid", amp.Integer())]
+    response: list = []
+    errors = COMMON_ERRORS
+
+
+class Requests(amp.Command):
+    """Admin: every request as a summary (no masks), the caches, and the known movies."""
+
+    arguments: list = []
+    response = [(b"requests", Json()), (b"caches", Json()), (b"movies", Json())]
+    errors = COMMON_ERRORS
+
+
+class GetRequest(amp.Command):
+    """Admin: one request in full, its strategy (with masks) and restripe history included."""
+
+    arguments = [(b"ruid", amp.Integer())]
+    response = [(b"request", Json())]
+    errors = COMMON_ERRORS
+
+
 class Deliver(amp.Command):
     """Coordinator -> member: committed events for this member, in log order.
 
