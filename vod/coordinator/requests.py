@@ -71,10 +71,13 @@ def _command(op: str, **fields: Any) -> dict[str, Any]:
     return {"v": REQUEST_VERSION, "op": op, **fields}
 
 
+def _mask_field(mask: FrameMask | str) -> str:
+    """A mask for a command: a FrameMask, or already its base64 wire text (as a client sends it)."""
+    return mask if isinstance(mask, str) else mask_to_text(mask)
+
+
 def open_cmd(request_id: str, client: str, movie: str, wanted: FrameMask | str) -> dict:
-    """`wanted` as a FrameMask, or already as its base64 wire text (as a client sends it)."""
-    text = wanted if isinstance(wanted, str) else mask_to_text(wanted)
-    return _command("req_open", request_id=request_id, client=client, movie=movie, wanted=text)
+    return _command("req_open", request_id=request_id, client=client, movie=movie, wanted=_mask_field(wanted))
 
 
 def strategize_cmd(ruid: int, strategy: dict) -> dict:
@@ -89,8 +92,8 @@ def restripe_cmd(ruid: int, strategy: dict, failed: list[str]) -> dict:
     return _command("req_restripe", ruid=ruid, strategy=strategy, failed=sorted(failed))
 
 
-def cdone_cmd(ruid: int, client: str, held: FrameMask) -> dict:
-    return _command("req_cdone", ruid=ruid, client=client, held=mask_to_text(held))
+def cdone_cmd(ruid: int, client: str, held: FrameMask | str) -> dict:
+    return _command("req_cdone", ruid=ruid, client=client, held=_mask_field(held))
 
 
 def cancel_cmd(ruid: int, client: str) -> dict:

@@ -314,6 +314,14 @@ class GroupMember:
         """The connected coordinator's view of the cluster (dict)."""
         return self._command(wire.Status, dict).addCallback(lambda answer: answer["status"])
 
+    def call(self, command: type[amp.Command], **arguments: Any) -> Deferred:
+        """Any other wire command (OpenRequest, CDone, RegisterMovies...), retried through failovers.
+
+        Only for commands that are safe to repeat: the request commands are, by
+        their request id or RUID.
+        """
+        return self._command(command, lambda: dict(arguments))
+
     # -- the state machine -------------------------------------------------------------------------
 
     def _fire(self, input: str, attempt: int | None = None, **data: Any) -> None:
