@@ -168,13 +168,21 @@ class CoordinatorReplica:
 
         d.addBoth(done)
 
+    def is_primary_now(self) -> bool:
+        """Checked live on every member command: the 20 ms role check may lag a pause or a step-down."""
+        acting = self.raft.is_acting_primary()
+        if acting != self.acting:
+            self._check()  # log the role change now, with its real time, before acting on it
+        return acting
+
     def primary_listen(self) -> str:
         """Where the primary listens, as far as this replica knows ("" when unknown)."""
         if self.acting:
             return self.listen
-        leader = self.raft_view.leader if self.raft_view else None
-        if not leader:
-            return ""
+        view = self.raft.view
+        leader = view.leader if view else None
+        if not leader or leader == self.raft_addr:
+            return ""  # just stepped down: pysyncobj may still name us as leader
         record = self.raft.read(lambda m: m.state.table(REPLICAS_TABLE).get(leader))
         return record["listen"] if record else ""
 

@@ -53,7 +53,7 @@ class MemberSession(amp.AMP):
             raise AuthFailed(f"not allowed in state {self.phase}")
 
     def _require_primary(self) -> None:
-        if not self.replica.acting:
+        if not self.replica.is_primary_now():
             raise NotPrimary(self.replica.primary_listen())
 
     # -- authentication ------------------------------------------------------------------------------

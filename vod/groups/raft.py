@@ -173,6 +173,9 @@ class RaftLog:
         self._view_lock = threading.Lock()
         self._lease = settings.leader_fallback
         self._confirmed_at = float("-inf")  # last time a majority answered us as leader
+        self._last_tick = float("-inf")
+        self._blackout_until = float("-inf")
+        self._blackout = 3 * settings.heartbeat
         self._conf = settings.conf(self_addr, raft_password(secret), data_dir)
         self._peers = [p for p in peers if p != self_addr]
         self._node: _Node | None = None
@@ -208,7 +211,16 @@ class RaftLog:
                         commit_index=status["commit_idx"], voters=tuple(sorted([self.self_addr] + others)),
                         connected=tuple(sorted(a for a in others
                                                if status.get("partner_node_status_server_" + a) == 2)))
-        confirmed = view.role == LEADER and self._majority_answered(node)
+        now = raft_clock()
+        if now - self._last_tick > self._lease and self._last_tick > float("-inf"):
+            # This process was stopped (SIGSTOP, a long GC, a swapped-out VM): responses read right now
+            # were sent before the pause but get stamped "now" by pysyncobj. Trust none until the
+            # first fresh heartbeat round trip is over; by then a newer leader's term has reached us.
+            self._blackout_until = now + self._blackout
+            log.warning("tick thread was stalled %.3f s: not acting as primary for %.3f s",
+                        now - self._last_tick, self._blackout)
+        self._last_tick = now
+        confirmed = view.role == LEADER and now >= self._blackout_until and self._majority_answered(node)
         with self._view_lock:
             changed = self._last_view is None or _roles_differ(self._last_view, view)
             self._last_view = view
@@ -240,8 +252,11 @@ class RaftLog:
         running while the process is stopped.
         """
         with self._view_lock:
-            view, confirmed_at = self._last_view, self._confirmed_at
-        return view is not None and view.role == LEADER and raft_clock() - confirmed_at < self._lease
+            view, confirmed_at, last_tick = self._last_view, self._confirmed_at, self._last_tick
+        now = raft_clock()
+        # The tick thread must be alive too: after a pause this (reactor) thread may run first.
+        return (view is not None and view.role == LEADER and now - confirmed_at < self._lease
+                and now - last_tick < self._lease / 2)
 
     def propose(self, command: dict) -> Deferred:
         """Commit `command`; fires with the state machine's result, or fails with NotCommitted."""
