@@ -8,17 +8,22 @@ document, keys documented in the README.
 
 from __future__ import annotations
 
+import io
 import json
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from twisted.internet import defer
 
 from vod.addr import parse_addr_list
 from vod.cliutil import ArgumentParser, run
-from vod.errors import VodError
+from vod import adminviews as views
+from vod.errors import UsageError, VodError
 from vod.groups.control import call_once
-from vod.groups.wire import Status
+from vod.groups.wire import GetRequest, Requests, Status
+from vod.strategy.mask import FrameMask
+from vod.strategy.placement import ServerInfo, make_strategy
+from twisted.protocols.amp import RemoteAmpError
 from vod.secrets import add_secret_argument, read_secret
 
 ADMIN_ID = "vod-admin"
@@ -35,8 +40,22 @@ def build_parser() -> ArgumentParser:
     add_secret_argument(p)
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each coordinator")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    s = sub.add_parser("status", help="replicas and their roles, members and their health, groups and their views")
-    s.add_argument("--json", action="store_true", help="print JSON (keys documented in the README)")
+    def command(name, help):
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("--json", action="store_true", help="print JSON (keys documented in the README)")
+        return c
+
+    command("status", "replicas and their roles, members and their health, groups and their views")
+    command("strategies", "every request's strategy: RUID, movie, client, servers and frames each, state")
+    c = command("strategy", "one strategy in full: each server's mask, frames and share; backups; restripes")
+    c.add_argument("ruid", nargs="?", type=int, help="the request's RUID")
+    c.add_argument("--dry-run", metavar="MOVIE", help="preview the strategy a request for MOVIE would get")
+    c.add_argument("--servers", type=int, default=4, help="with --dry-run: how many servers may send")
+    c.add_argument("--policy", default="weighted", choices=["weighted", "interleave"], help="with --dry-run")
+    command("requests", "requests by state (pending, active, done...) with their ages")
+    command("groups", "groups (domains and video groups) with their views")
+    command("servers", "servers: movies, capacity, active streams, health")
+    command("caches", "which client holds which frames of which movie (from CDONE)")
     return p
 
 
@@ -98,8 +117,11 @@ def merge_status(answers: list[tuple[str, dict | None, str | None]]) -> dict:
         age = m.get("heartbeat_age")
         health = "unknown" if age is None else ("ok" if m.get("connected") else "disconnected")
         members.append({"id": m["id"], "kind": m["kind"], "domain": m["domain"], "address": m["address"],
-                        "heartbeat_age": age, "health": health})
+                        "user": m.get("user", ""), "capacity": m.get("capacity", 0),
+                        "movies": m.get("movies", []), "heartbeat_age": age, "health": health})
+    answering = primary or best
     return {"v": 1, "primary": primary["replica"]["id"] if primary else None, "replicas": replicas,
+            "answered_by": answering["replica"]["listen"],
             "members": members, "groups": best["groups"], "last_ruid": best["last_ruid"]}
 
 
@@ -119,8 +141,73 @@ def print_status(doc: dict, out=sys.stdout) -> None:
         print(f"  {g['name']:24} view {g['view_id']:<4} {', '.join(g['members'])}", file=out)
 
 
+async def collect(reactor, args, coordinators: list[str], secret: bytes) -> dict:
+    """Status from every replica, then what the command needs from the best one (the primary if any)."""
+    doc = await gather_status(reactor, coordinators, secret, args.timeout)
+    data = {"status": doc}
+    if args.command == "status" or args.command == "groups":
+        return data
+    target = doc["answered_by"]
+    listing = await call_once(reactor, target, secret, ADMIN_ID, Requests, timeout=args.timeout)
+    data.update(listing)
+    if args.command == "strategies" or (args.command == "strategy" and args.ruid is not None):
+        ruids = [args.ruid] if args.command == "strategy" else [r["ruid"] for r in listing["requests"]]
+        records = []
+        for ruid in ruids:
+            answer = await call_once(reactor, target, secret, ADMIN_ID, GetRequest, timeout=args.timeout, ruid=ruid)
+            records.append(answer["request"])
+        data["records"] = records
+    return data
+
+
+def render(args, data: dict) -> tuple[Any, str]:
+    """(JSON document, text) for the command."""
+    status = data["status"]
+    if args.command == "status":
+        return status, status_text(status)
+    if args.command == "groups":
+        return status["groups"], views.groups_table(status["groups"])
+    if args.command == "requests":
+        return data["requests"], views.requests_table(data["requests"])
+    if args.command == "caches":
+        return data["caches"], views.caches_table(data["caches"])
+    if args.command == "servers":
+        servers = views.servers_doc(status, data["requests"])
+        return servers, views.servers_table(servers)
+    if args.command == "strategies":
+        docs = [views.strategy_doc(r) for r in data["records"]]
+        return docs, views.strategies_table(docs)
+    if args.dry_run:
+        doc = dry_run(status, data["movies"], args.dry_run, args.servers, args.policy)
+        return doc, views.strategy_text(doc)
+    doc = views.strategy_doc(data["records"][0])
+    return doc, views.strategy_text(doc)
+
+
+def dry_run(status: dict, movies: dict, movie: str, servers: int, policy: str) -> dict:
+    info = movies.get(movie)
+    if info is None:
+        raise UsageError(f"unknown movie {movie!r}; known: {', '.join(sorted(movies)) or 'none'}")
+    live = [ServerInfo(m["id"], max(1, m["capacity"]), 0, frozenset(m["movies"]))
+            for m in status["members"] if m["kind"] == "server"]
+    if servers < 1:
+        raise UsageError("--servers must be at least 1")
+    strategy = make_strategy(0, movie, "(dry run)", info["frame_count"], FrameMask.full(info["frame_count"]), live,
+                             policy=policy, max_servers=servers)
+    return views.strategy_doc({"ruid": 0, "movie": movie, "client": "(dry run)", "state": "preview",
+                               "frame_count": info["frame_count"], "strategy": strategy.to_dict()})
+
+
+def status_text(doc: dict) -> str:
+    out = io.StringIO()
+    print_status(doc, out)
+    return out.getvalue().rstrip("\n")
+
+
 def entry(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "strategy" and (args.ruid is None) == (args.dry_run is None):
+        raise UsageError("strategy: give a RUID, or --dry-run MOVIE")
     coordinators = parse_addr_list(args.coordinators, "--coordinators")
     secret = read_secret(args.secret_file)
     from twisted.internet.task import react
@@ -129,9 +216,13 @@ def entry(argv: Sequence[str]) -> int:
 
     async def main(reactor):
         try:
-            result["doc"] = await gather_status(reactor, coordinators, secret, args.timeout)
+            result["data"] = await collect(reactor, args, coordinators, secret)
         except VodError as err:
             result["error"] = err
+        except RemoteAmpError as err:
+            result["error"] = VodError(f"the coordinator refused: {err}")
+        except Exception as err:  # a refusal (Refused, AuthFailed...) from the coordinator
+            result["error"] = CoordinatorUnreachable(f"{type(err).__name__}: {err}")
 
     try:
         react(lambda r: defer.ensureDeferred(main(r)))
@@ -139,11 +230,8 @@ def entry(argv: Sequence[str]) -> int:
         pass  # react always exits; the outcome is in `result`
     if "error" in result:
         raise result["error"]
-    doc = result["doc"]
-    if args.json:
-        print(json.dumps(doc, indent=2, sort_keys=True))
-    else:
-        print_status(doc)
+    doc, text = render(args, result["data"])
+    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else text)
     return 0
 
 
