@@ -94,3 +94,34 @@ def test_request_strategy_cdone_dissolve(system, tmp_path, kill_primary):
     assert [e for e in members.events("c1", "GroupDissolved") if e["group"] == group]  # VDONE
     states = [e["state"] for e in members.events("c1", "RequestChanged") if e["ruid"] == ruid]
     assert states[-1] == "done" and "strategized" in states
+
+
+def admin(cluster, *args):
+    exe = os.path.join(os.path.dirname(sys.executable), "vod-admin")
+    r = subprocess.run([exe, "--coordinators", ",".join(cluster.coordinators), "--secret-file",
+                        str(cluster.secret_file), *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_admin_shows_strategies_and_requests(system, tmp_path):
+    cluster, members = system
+    go = tmp_path / "go"
+    members.start("client", "c2", "--movie", "m", "--frames", "100", "--request-id", "req-9", "--go-file", str(go))
+    wait_for(lambda: members.events("c2", "StrategyAssigned"), 30, "strategy")
+    ruid = members.step("c2", "opened")["ruid"]
+    docs = json.loads(admin(cluster, "strategies", "--json"))
+    doc = next(d for d in docs if d["ruid"] == ruid)
+    assert {"ruid", "movie", "client", "state", "backups", "assignments"} <= set(doc)
+    assert doc["client"] == "c2" and doc["state"] == "strategized"
+    masks = [a["mask"] for a in doc["assignments"]]
+    assert all(len(m) == 100 for m in masks)
+    assert sum(a["frames"] for a in doc["assignments"]) == 100
+    assert all(sum(m[i] == "1" for m in masks) == 1 for i in range(100))  # disjoint and complete
+    text = admin(cluster, "strategy", str(ruid))
+    assert f"RUID {ruid}: movie m (100 frames) for c2" in text
+    assert "req-9" in admin(cluster, "requests")
+    go.write_text("go")
+    wait_for(lambda: members.step("c2", "done"), 60, "client finished")
+    caches = json.loads(admin(cluster, "caches", "--json"))
+    assert {"client": "c2", "movie": "m", "frames": 100, "frame_count": 100} in caches
