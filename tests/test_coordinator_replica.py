@@ -89,3 +89,37 @@ def test_stale_standby_is_not_recruited(replica):
         clock.advance(0.1)
         replica._check()
     assert replica.raft.membership_calls == []
+
+
+def test_excluded_server_is_restriped_to_survivors_and_backups(replica):
+    from vod.coordinator import requests as rq
+    from vod.strategy.mask import FrameMask
+    clock = replica.reactor
+    servers = {}
+    for sid in ("s1", "s2", "s3"):
+        servers[sid] = RecordingSession(sid)
+        replica.join(servers[sid], "server", "d", f"127.0.0.1:{300 + len(servers)}", "", 1, ["m"])
+    client = RecordingSession("cl")
+    replica.join(client, "client", "d", "127.0.0.1:400", "", 0, [])
+    replica.register_movies("s1", [{"id": "m", "frame_count": 12, "fps": 24.0, "width": 8, "height": 8}])
+    replica.max_servers = 2
+    opened = []
+    replica.open_request("cl", "r1", "m", rq.mask_to_text(FrameMask.full(12))).addCallback(opened.append)
+    ruid, state = opened[0]
+    assert state == "strategized"
+    first = replica.raft.read(lambda m: m.requests.request(ruid))["strategy"]
+    victim = first["assignments"][0]["server"]
+    replica.report_progress(ruid, rq.mask_to_text(FrameMask.from_ranges(12, [(0, 4)])))
+    for _ in range(40):  # 4 s: past the grace period and the failure timeout
+        clock.advance(0.1)
+        for sid in servers:
+            if sid != victim:
+                replica.detector.heartbeat(sid)
+        replica.detector.heartbeat("cl")
+        replica._check()
+    record = replica.raft.read(lambda m: m.requests.request(ruid))
+    assert record["revision"] == 2 and record["history"][0]["failed"] == [victim]
+    servers_now = [a["server"] for a in record["strategy"]["assignments"]]
+    assert victim not in servers_now and len(servers_now) == 2
+    pushed = [e["type"] for e in client.delivered]
+    assert pushed.count("StrategyAssigned") == 2

@@ -140,3 +140,12 @@ def test_snapshot_round_trip_keeps_requests_and_retries(machine):
     assert copy.snapshot() == machine.snapshot()
     again, _ = open_request(copy, "keep")
     assert again == ruid
+
+
+def test_restripe_brings_backups_into_the_video_group(machine):
+    ruid, _ = open_request(machine)
+    machine.apply(rq.strategize_cmd(ruid, strategy(ruid, ["s1", "s2"])))
+    machine.apply(gc.exclude_cmd(["s2"], "crashed"))
+    result = machine.apply(rq.restripe_cmd(ruid, strategy(ruid, ["s1", "s3"]), ["s2"]))
+    assert pushed_to(result, "s3") == ["ViewChanged", "StrategyAssigned"]
+    assert machine.state.groups[f"video:{ruid}"].members == ("cl", "s1", "s3")

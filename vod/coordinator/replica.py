@@ -29,7 +29,9 @@ from vod.coordinator.machine import GroupMachine
 from vod.groups.raft import LEADER, NotCommitted, RaftLog, RaftSettings, RaftView
 from vod.groups.state import domain_group
 from vod.groups.wire import Refused
-from vod.strategy.placement import NoServers, ServerInfo, make_strategy
+from vod.strategy.mask import FrameMask
+from vod.strategy.placement import NoServers, ServerInfo, Strategy, make_strategy
+from vod.strategy.restripe import restripe
 from vod.coordinator import requests as rq
 from vod.coordinator.recruit import REPLICAS_TABLE, Recruiter, StandbyWaiter
 from vod.coordinator.session import MemberSession
@@ -52,6 +54,8 @@ class CoordinatorReplica:
         self.grace = grace
         self.policy = policy
         self.max_servers = max_servers
+        self._held: dict[int, str] = {}  # RUID -> latest held mask a client reported (base64)
+        self._restriping: set[int] = set()
         self._check_interval = check_interval
         self.machine = GroupMachine()
         self.raft = raft_factory(reactor, raft_addr, peers, secret, self.machine, data_dir, settings,
@@ -131,6 +135,8 @@ class CoordinatorReplica:
         self.detector.grant_grace(self.grace)
         for member_id in self.raft.read(lambda m: list(m.state.members)):
             self.detector.heartbeat(member_id)
+        # Servers excluded just before the failover may have left strategies that were never restriped.
+        self._restripe_orphans()
 
     def _register(self) -> None:
         """Put this replica's id and addresses in the replicated `replicas` table (retried until it sticks)."""
@@ -205,6 +211,8 @@ class CoordinatorReplica:
             self._drop_member(command["member_id"])
         if not self.acting:
             return
+        if op in ("exclude", "leave"):
+            self._restripe_orphans()
         per_member: dict[str, list[dict]] = {}
         for event, recipients in result["pushes"]:
             for member_id in recipients:
@@ -324,6 +332,43 @@ class CoordinatorReplica:
             return rq.STRATEGIZED
 
         return d.addCallback(done)
+
+    def report_progress(self, ruid: int, held: str) -> None:
+        """A client's latest held mask (kept here only: a stale one costs duplicate frames, never lost ones)."""
+        self._held[ruid] = held
+
+    def _restripe_orphans(self) -> None:
+        """Hand the missing frames of every server that left a strategy to survivors and backups."""
+        def read(machine):
+            live = set(machine.state.members)
+            return [r for r in machine.requests.requests() if r["state"] in rq.ACTIVE and r["strategy"]
+                    and not set(rq.strategy_servers(r["strategy"])) <= live]
+
+        for record in self.raft.read(read):
+            if record["ruid"] not in self._restriping:
+                self._restripe(record)
+
+    def _restripe(self, record: dict) -> None:
+        ruid = record["ruid"]
+        old = Strategy.from_dict(record["strategy"])
+        live = self.live_servers(record["domain"])
+        failed = set(old.servers) - {s.server_id for s in live}
+        held = FrameMask(record["frame_count"])
+        if ruid in self._held:
+            held = rq.mask_from_text(self._held[ruid], record["frame_count"], "held mask")
+        try:
+            new = restripe(old, failed, held, live, max_servers=self.max_servers)
+            command = rq.restripe_cmd(ruid, new.to_dict(), sorted(failed))
+            moved = sum((old.mask_of(f) - held).count() for f in failed)
+            log.warning("restriping RUID %d: %s failed; %d missing frames move to %s", ruid,
+                        ", ".join(sorted(failed)), moved, ", ".join(new.servers))
+        except NoServers as err:
+            command = rq.fail_cmd(ruid, str(err))
+            log.warning("RUID %d cannot continue: %s", ruid, err)
+        self._restriping.add(ruid)
+        d = self.propose(command)
+        d.addErrback(lambda f: log.info("restripe of RUID %d not committed: %s", ruid, f.getErrorMessage()))
+        d.addBoth(lambda _: self._restriping.discard(ruid))
 
     def request_step(self, command: dict) -> defer.Deferred:
         return self.propose(command).addCallback(_raise_refusal)

@@ -208,10 +208,15 @@ class RequestBook:
 
     def _restripe(self, groups: GroupState, ruid, strategy, failed) -> list[Pushed]:
         record = self._step(ruid, "restripe")
-        strategy_servers(strategy)
+        servers = strategy_servers(strategy)
+        group = video_group(ruid)
+        # Backups that take frames over join the video group in the same entry (their VIEW), so the
+        # new strategy reaches them; failed servers are already out of it.
+        pushed: list[Pushed] = [(e, None) for e in groups.apply(
+            group_cmds.regroup_cmd(group, [record["client"], *servers]))]
         record["history"].append({"at": self._now, "failed": list(failed),
                                   "revision": record["revision"] + 1})
-        return self._assign(groups, record, strategy, "restripe", record["state"])
+        return pushed + self._assign(groups, record, strategy, "restripe", record["state"])
 
     def _assign(self, groups: GroupState, record: dict, strategy: dict, reason: str, state: str) -> list[Pushed]:
         record["strategy"] = copy.deepcopy(strategy)

@@ -19,7 +19,7 @@ from vod.groups import commands as cmds
 from vod.groups.commands import BadCommand
 from vod.groups.wire import (
     MAX_JSON, PROTOCOL_VERSION, AuthFailed, Authenticate, Cast, Challenge, Deliver, Heartbeat, Join, Leave,
-    CDone, Cancel, GetRequest, NextRuid, NotPrimary, OpenRequest, Refused, RegisterMovies, RegisterStandby,
+    CDone, Cancel, GetRequest, NextRuid, NotPrimary, OpenRequest, Progress, Refused, RegisterMovies, RegisterStandby,
     Requests, Resume, Started, Status, auth_mac,
 )
 
@@ -202,6 +202,19 @@ class MemberSession(amp.AMP):
     @Started.responder
     def started(self, ruid):
         return self._request_step(rq.start_cmd(ruid, self.member_id))
+
+    @Progress.responder
+    def progress(self, ruid, held):
+        self._member_of_kind("client")
+        record = self.replica.raft.read(lambda m: m.requests.request(ruid))
+        if record is None or record["client"] != self.member_id:
+            raise Refused(f"request {ruid} is not yours")
+        try:
+            rq.mask_from_text(held, record["frame_count"], "held mask")
+        except Exception as err:
+            raise Refused(str(err)) from None
+        self.replica.report_progress(ruid, held)
+        return {}
 
     @CDone.responder
     def cdone(self, ruid, held):

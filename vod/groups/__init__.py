@@ -8,7 +8,7 @@ events it returns, `DeliveryLog` (a member's exactly-once, in-order check) and
 
 from vod.groups.commands import (
     BadCommand, StaleView, cast_cmd, create_group_cmd, delete_cmd, dissolve_group_cmd,
-    exclude_cmd, join_cmd, leave_cmd, next_ruid_cmd, put_cmd,
+    exclude_cmd, join_cmd, leave_cmd, next_ruid_cmd, put_cmd, regroup_cmd,
 )
 from vod.groups.delivery import DeliveryGap, DeliveryLog
 from vod.groups.events import (
@@ -24,5 +24,5 @@ __all__ = [
     "RuidAssigned", "StaleView", "TableDeleted", "TablePut", "ViewChanged",
     "cast_cmd", "create_group_cmd", "delete_cmd", "dissolve_group_cmd", "domain_group",
     "event_from_dict", "event_to_dict", "exclude_cmd", "join_cmd", "leave_cmd",
-    "next_ruid_cmd", "put_cmd", "video_group",
+    "next_ruid_cmd", "put_cmd", "regroup_cmd", "video_group",
 ]

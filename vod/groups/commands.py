@@ -135,6 +135,7 @@ _FIELDS: dict[str, dict[str, Check | _Optional]] = {
     "exclude": {"member_ids": _some_names, "reason": _text, "incarnations": _Optional(_incarnations)},
     "create_group": {"name": _name, "members": _names},
     "dissolve_group": {"name": _name},
+    "regroup": {"name": _name, "members": _some_names},
     "cast": {"group": _name, "sender": _name, "payload": _payload, "view_id": _Optional(_count)},
     "next_ruid": {},
     "put": {"table": _name, "key": _name, "value": _data},
@@ -211,6 +212,11 @@ def create_group_cmd(name: str, members: Iterable[str]) -> dict[str, Any]:
 def dissolve_group_cmd(name: str) -> dict[str, Any]:
     """End a group made by `create_group_cmd`."""
     return _command("dissolve_group", name=name)
+
+
+def regroup_cmd(name: str, members: Iterable[str]) -> dict[str, Any]:
+    """A new view of a created group with exactly `members` (a restripe brings in backup servers)."""
+    return _command("regroup", name=name, members=sorted(members))
 
 
 def cast_cmd(group: str, sender: str, payload: Mapping[str, Any], view_id: int | None = None) -> dict[str, Any]:

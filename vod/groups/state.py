@@ -209,6 +209,17 @@ class GroupState:
         del self._groups[name]
         return [GroupDissolved(name, group.view_id, group.casts, group.members)]
 
+    def _regroup(self, index, name, members) -> list[Event]:
+        group = self._existing_group(name)
+        if name.startswith(DOMAIN_PREFIX):
+            raise BadCommand(f"group {name}: domain views change only by joins, leaves and exclusions")
+        unknown = [member_id for member_id in members if member_id not in self._members]
+        if unknown:
+            raise BadCommand(f"group {name}: no member(s) {', '.join(unknown)}")
+        if tuple(sorted(members)) == group.members:
+            return []
+        return [self._install_view(name, members, index)]
+
     def _cast(self, index, group, sender, payload, view_id) -> list[Event]:
         current = self._existing_group(group)
         if sender not in current.members:
@@ -237,7 +248,7 @@ class GroupState:
 
     _TRANSITIONS: dict[str, Callable[..., list[Event]]] = {
         "join": _join, "leave": _leave, "exclude": _exclude,
-        "create_group": _create_group, "dissolve_group": _dissolve_group, "cast": _cast,
+        "create_group": _create_group, "dissolve_group": _dissolve_group, "regroup": _regroup, "cast": _cast,
         "next_ruid": _next_ruid, "put": _put, "delete": _delete,
     }
 

@@ -172,6 +172,18 @@ class Started(amp.Command):
     errors = COMMON_ERRORS
 
 
+class Progress(amp.Command):
+    """The client's latest held mask for `ruid` (base64), sent every second or so while streaming.
+
+    Kept in the primary's memory only, as the starting point of a restripe: a stale mask only
+    makes servers send frames the client already has, never lose one.
+    """
+
+    arguments = [(b"ruid", amp.Integer()), (b"held", amp.Unicode())]
+    response: list = []
+    errors = COMMON_ERRORS
+
+
 class CDone(amp.Command):
     """The client is done with `ruid` and holds `held` (base64 FrameMask) of the movie (seed: CDONE)."""
 
