@@ -223,7 +223,9 @@ class RequestBook:
         record["revision"] += 1
         self._move(record, state, groups, reason)
         group = video_group(record["ruid"])
-        event = StrategyAssigned(record["ruid"], group, record["revision"], reason, copy.deepcopy(strategy))
+        addresses = {server: groups.members[server].address for server in strategy_servers(strategy)
+                     if server in groups.members}
+        event = StrategyAssigned(record["ruid"], group, record["revision"], reason, copy.deepcopy(strategy), addresses)
         members = groups.groups[group].members if group in groups.groups else ()
         return [(event, tuple(members)), (self._changed(record, reason), (record["client"],))]
 

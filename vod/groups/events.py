@@ -88,6 +88,7 @@ class StrategyAssigned:
     """Request `ruid` is served by `strategy` (a versioned Strategy dict); pushed to its video group.
 
     `reason` is "initial" or "restripe"; a member acts on the newest `revision` only.
+    The revision is also the data plane's fencing token: a server stamps it on every frame.
     """
 
     ruid: int
@@ -95,6 +96,7 @@ class StrategyAssigned:
     revision: int
     reason: str
     strategy: dict[str, Any]
+    addresses: dict[str, str]  # server id -> its data address "host:port", for the client to connect to
 
 
 @dataclass(frozen=True)

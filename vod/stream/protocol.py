@@ -1,0 +1,230 @@
+"""The data plane's wire format: frames from a server to a client, control from the client back.
+
+Pure code (the h11 habit): encoders return bytes; `MessageDecoder.feed(bytes)`
+returns whole messages. A Twisted protocol only moves bytes in and out.
+
+One TCP connection per (client, server, RUID). The client speaks first
+(HELLO), then both sides send messages at will. All integers big-endian.
+
+Server -> client: a 64-byte header, then `length` payload bytes.
+
+    offset size field
+    0      2    magic b"VF"
+    2      1    version = 1
+    3      1    type: 1 FRAME, 2 END (no more frames for this RUID), 3 ERROR (payload: UTF-8 reason)
+    4      8    RUID
+    12     4    revision of the strategy the frame was sent under (fencing: older revisions are stale)
+    16     4    frame index
+    20     8    presentation time in microseconds (index / fps)
+    28     4    payload length (at most MAX_FRAME_BYTES)
+    32     32   SHA-256 of the payload (zero for END/ERROR)
+    64     -    payload: the stored JPEG bytes, unchanged
+
+Client -> server: an 8-byte header, then a JSON object (at most MAX_CONTROL_BYTES).
+
+    0      2    magic b"VC"
+    2      1    version = 1
+    3      1    type: 1 HELLO, 2 CREDIT, 3 PAUSE, 4 RESUME, 5 STOP, 6 RESEND
+    4      4    JSON length
+
+    HELLO  {"ruid", "client", "held": base64 FrameMask (frames not to send), "mode": "play"|"fast"}
+    CREDIT {"until": n}: the server may send frames with index < n (pacing and flow control in one:
+           the client moves it with its playhead plus the lead window, and with its free buffer)
+    PAUSE / RESUME / STOP {}
+    RESEND {"frames": [i, ...]}: send these again (a frame failed its checksum)
+
+A malformed message raises `ProtocolError`; the connection that sent it is closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from vod.errors import VodError
+
+VERSION = 1
+FRAME_MAGIC = b"VF"
+CONTROL_MAGIC = b"VC"
+FRAME_HEADER = struct.Struct(">2sBBQIIQI32s")
+CONTROL_HEADER = struct.Struct(">2sBBI")
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_CONTROL_BYTES = 1024 * 1024  # a HELLO carries a held mask: n/8 bytes, base64
+
+FRAME, END, ERROR = 1, 2, 3
+HELLO, CREDIT, PAUSE, RESUME, STOP, RESEND = 1, 2, 3, 4, 5, 6
+CONTROL_NAMES = {HELLO: "HELLO", CREDIT: "CREDIT", PAUSE: "PAUSE", RESUME: "RESUME", STOP: "STOP", RESEND: "RESEND"}
+NO_DIGEST = bytes(32)
+
+
+class ProtocolError(VodError):
+    """Bytes that are not a valid message of this protocol."""
+
+
+@dataclass(frozen=True)
+class FrameMessage:
+    type: int
+    ruid: int
+    revision: int
+    index: int
+    pts_us: int
+    sha256: bytes
+    payload: bytes
+
+    def checksum_ok(self) -> bool:
+        return hashlib.sha256(self.payload).digest() == self.sha256
+
+
+@dataclass(frozen=True)
+class ControlMessage:
+    type: int
+    body: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return CONTROL_NAMES[self.type]
+
+
+def encode_frame(ruid: int, revision: int, index: int, pts_us: int, payload: bytes, sha256: bytes) -> bytes:
+    """Header + payload. `sha256` comes from the movie index: no re-hashing on the send path."""
+    if len(payload) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame {index} is {len(payload)} bytes, over {MAX_FRAME_BYTES}")
+    return FRAME_HEADER.pack(FRAME_MAGIC, VERSION, FRAME, ruid, revision, index, pts_us, len(payload), sha256) + payload
+
+
+def frame_header(ruid: int, revision: int, index: int, pts_us: int, length: int, sha256: bytes) -> bytes:
+    """Just the header, for senders that write the payload separately (no copy of a large frame)."""
+    return FRAME_HEADER.pack(FRAME_MAGIC, VERSION, FRAME, ruid, revision, index, pts_us, length, sha256)
+
+
+def encode_end(ruid: int, revision: int, sent: int) -> bytes:
+    return FRAME_HEADER.pack(FRAME_MAGIC, VERSION, END, ruid, revision, sent, 0, 0, NO_DIGEST)
+
+
+def encode_error(ruid: int, reason: str) -> bytes:
+    data = reason.encode("utf-8")[:4096]
+    return FRAME_HEADER.pack(FRAME_MAGIC, VERSION, ERROR, ruid, 0, 0, 0, len(data), NO_DIGEST) + data
+
+
+def encode_control(type_: int, body: dict[str, Any] | None = None) -> bytes:
+    if type_ not in CONTROL_NAMES:
+        raise ProtocolError(f"unknown control message type {type_}")
+    data = json.dumps(body or {}, separators=(",", ":")).encode()
+    if len(data) > MAX_CONTROL_BYTES:
+        raise ProtocolError(f"control message of {len(data)} bytes, over {MAX_CONTROL_BYTES}")
+    return CONTROL_HEADER.pack(CONTROL_MAGIC, VERSION, type_, len(data)) + data
+
+
+class _Chunks:
+    """Received bytes kept as a list of chunks: no re-copy of the whole buffer on every read.
+
+    (Twisted's Int32StringReceiver re-copies, and silently drops frames over 99,999 bytes.)
+    """
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def add(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+            self._size += len(data)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def peek(self, n: int) -> bytes:
+        if len(self._chunks[0]) < n:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0][:n]
+
+    def take(self, n: int) -> bytes:
+        first = self._chunks[0]
+        if len(first) >= n:
+            out = first[:n]
+            rest = first[n:]
+            if rest:
+                self._chunks[0] = rest
+            else:
+                self._chunks.pop(0)
+        else:
+            parts, got = [], 0
+            while got < n:
+                chunk = self._chunks.pop(0)
+                if got + len(chunk) > n:
+                    keep = n - got
+                    parts.append(chunk[:keep])
+                    self._chunks.insert(0, chunk[keep:])
+                    got = n
+                else:
+                    parts.append(chunk)
+                    got += len(chunk)
+            out = b"".join(parts)
+        self._size -= n
+        return out
+
+
+class FrameDecoder:
+    """Server -> client bytes in, FrameMessages out."""
+
+    def __init__(self) -> None:
+        self._buf = _Chunks()
+        self._header: tuple | None = None
+
+    def feed(self, data: bytes) -> list[FrameMessage]:
+        self._buf.add(data)
+        out = []
+        while True:
+            if self._header is None:
+                if len(self._buf) < FRAME_HEADER.size:
+                    return out
+                fields = FRAME_HEADER.unpack(self._buf.take(FRAME_HEADER.size))
+                magic, version, type_, _, _, _, _, length, _ = fields
+                if magic != FRAME_MAGIC or version != VERSION:
+                    raise ProtocolError(f"not a version-{VERSION} frame header (magic {magic!r}, version {version})")
+                if type_ not in (FRAME, END, ERROR):
+                    raise ProtocolError(f"unknown frame message type {type_}")
+                if length > MAX_FRAME_BYTES:
+                    raise ProtocolError(f"frame of {length} bytes announced, over {MAX_FRAME_BYTES}")
+                self._header = fields
+            length = self._header[7]
+            if len(self._buf) < length:
+                return out
+            _, _, type_, ruid, revision, index, pts_us, _, digest = self._header
+            payload = self._buf.take(length) if length else b""
+            self._header = None
+            out.append(FrameMessage(type_, ruid, revision, index, pts_us, digest, payload))
+
+
+class ControlDecoder:
+    """Client -> server bytes in, ControlMessages out."""
+
+    def __init__(self) -> None:
+        self._buf = _Chunks()
+
+    def feed(self, data: bytes) -> list[ControlMessage]:
+        self._buf.add(data)
+        out = []
+        while len(self._buf) >= CONTROL_HEADER.size:
+            magic, version, type_, length = CONTROL_HEADER.unpack(self._buf.peek(CONTROL_HEADER.size))
+            if magic != CONTROL_MAGIC or version != VERSION:
+                raise ProtocolError(f"not a version-{VERSION} control message (magic {magic!r}, version {version})")
+            if type_ not in CONTROL_NAMES:
+                raise ProtocolError(f"unknown control message type {type_}")
+            if length > MAX_CONTROL_BYTES:
+                raise ProtocolError(f"control message of {length} bytes, over {MAX_CONTROL_BYTES}")
+            if len(self._buf) < CONTROL_HEADER.size + length:
+                return out
+            self._buf.take(CONTROL_HEADER.size)
+            raw = self._buf.take(length)
+            try:
+                body = json.loads(raw.decode("utf-8")) if raw else {}
+            except (UnicodeDecodeError, ValueError) as err:
+                raise ProtocolError(f"{CONTROL_NAMES[type_]}: body is not JSON ({err})") from None
+            if not isinstance(body, dict):
+                raise ProtocolError(f"{CONTROL_NAMES[type_]}: body must be a JSON object")
+            out.append(ControlMessage(type_, body))
+        return out
