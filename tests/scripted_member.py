@@ -30,6 +30,7 @@ from twisted.python.failure import Failure  # noqa: E402
 from vod.groups import wire  # noqa: E402
 from vod.groups.events import event_to_dict  # noqa: E402
 from vod.groups.member import GroupMember  # noqa: E402
+from vod.logsetup import setup_logging  # noqa: E402
 from vod.secrets import read_secret  # noqa: E402
 from vod.strategy.mask import FrameMask  # noqa: E402
 
@@ -63,6 +64,7 @@ def main() -> None:
     ap.add_argument("--request-id", default="r1")
     ap.add_argument("--go-file", default=None)
     args = ap.parse_args()
+    setup_logging("INFO")
     out = open(args.log, "a", buffering=1)
 
     def write(record):

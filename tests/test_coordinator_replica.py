@@ -123,3 +123,16 @@ def test_excluded_server_is_restriped_to_survivors_and_backups(replica):
     assert victim not in servers_now and len(servers_now) == 2
     pushed = [e["type"] for e in client.delivered]
     assert pushed.count("StrategyAssigned") == 2
+
+
+def test_resume_replays_only_what_came_after_the_members_position():
+    from vod.coordinator.replica import unseen
+    outbox = [{"type": "ViewChanged", "group": "domain:d", "view_id": 3, "members": ["a"]},
+              {"type": "StrategyAssigned", "group": "video:1", "ruid": 1},
+              {"type": "Delivered", "group": "domain:d", "view_id": 3, "seq": 1},
+              {"type": "RequestChanged", "ruid": 1},
+              {"type": "Delivered", "group": "domain:d", "view_id": 3, "seq": 2}]
+    assert unseen(outbox, {"domain:d": [3, 1]}) == outbox[3:]
+    assert unseen(outbox, {}) == outbox
+    assert unseen(outbox, {"domain:d": [3, 2]}) == []
+    assert unseen(outbox, {"domain:d": "junk"}) == outbox

@@ -1,9 +1,259 @@
-"""`vod-client`: request and play a movie."""
+"""`vod-client`: request a movie, receive it from several servers at once, play it, cache it."""
 
-from vod.cliutil import pending_command
+from __future__ import annotations
 
-main = pending_command(
-    "vod-client",
-    "Request a movie from a domain, receive its frames from several servers at once, play and cache them.",
-    issue=5,
-)
+import json
+import logging
+import os
+import socket
+import sys
+from typing import Any, Sequence, TextIO
+
+from vod.addr import parse_addr, parse_addr_list
+from vod.client.cache import default_cache_root
+from vod.cliutil import ArgumentParser, run
+from vod.errors import UsageError, VodError
+from vod.logsetup import setup_logging
+from vod.media.store import check_movie_id
+from vod.secrets import add_secret_argument, read_secret
+
+log = logging.getLogger("vod.client")
+
+STATUS_EVERY = 0.25
+EXIT_INCOMPLETE = 1
+EXIT_CANCELLED = 130
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="vod-client", description=(
+        "Request a movie from a domain, receive its frames from several servers at once, play and cache them."))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("play", formatter_class=parser.formatter_class, help="play a movie", description=(
+        "Play MOVIE_ID: ask the coordinator for the frames not in the cache, take them from the servers of the "
+        "strategy it assigns, play them at the movie's frame rate into the chosen outputs, keep them in the "
+        "cache, and report CDONE. A movie wholly in the cache plays without any server. With --http, playback "
+        "starts when the first viewer opens the URL, so the viewer sees the movie from its start."))
+    p.add_argument("movie", metavar="MOVIE_ID", help="the movie's id in the domain's catalogue")
+    p.add_argument("--domain", required=True, help="the domain (group of servers and clients) to join")
+    p.add_argument("--coordinators", required=True, metavar="HOST:PORT,...",
+                   help="listen addresses of the coordinator replicas")
+    p.add_argument("--id", dest="client_id", default=default_client_id(), help="this client's member id")
+    p.add_argument("--output", metavar="OUT.avi", help="write the movie, frames unchanged, to this MJPEG AVI")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="serve the movie as an MJPEG stream (and a page showing it) here; port 0 picks one")
+    p.add_argument("--window", action="store_true", help="show the movie in an OpenCV window (needs a GUI build)")
+    p.add_argument("--fast", action="store_true",
+                   help="take frames as fast as the servers send them (no real-time pacing); not with --http "
+                        "or --window")
+    p.add_argument("--cache", metavar="DIR", default=default_cache_root(),
+                   help="where frames are kept between plays ($XDG_CACHE_HOME/vod, else ~/.cache/vod)")
+    p.add_argument("--no-cache", action="store_true", help="keep nothing, use nothing cached")
+    p.add_argument("--lead", type=float, default=2.0, metavar="SECONDS",
+                   help="how far ahead of the playhead servers may send")
+    p.add_argument("--startup", type=float, default=0.0, metavar="SECONDS",
+                   help="movie time to hold before playback starts (0: start on the first frame)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="how long to wait for a coordinator to answer the join")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_secret_argument(p)
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def default_client_id() -> str:
+    return f"client-{socket.gethostname().split('.')[0]}-{os.getpid()}"
+
+
+def member_address(http: str | None) -> str:
+    """The address the member joins with. A client listens nowhere (but for --http); the coordinator wants
+    host:port, so the pid stands in for the port: unique on this host, stable for this process."""
+    return http or f"{socket.gethostname()}:{1 + os.getpid() % 65535}"
+
+
+# -- the live line and the summary ------------------------------------------------------------------
+
+
+def status_line(status: dict[str, Any]) -> str:
+    parts = [status["state"] + (" (paused)" if status.get("paused") else "")]
+    if "total" in status:
+        parts.append(f"held {status['held']}/{status['total']}")
+        for server, s in status.get("per_server", {}).items():
+            parts.append(f"{server} {s['received']}/{s['assigned']}" + ("" if s["state"] in ("streaming", "ended")
+                                                                        else f" {s['state']}"))
+        parts.append(f"buffer {status['buffered']:.1f} s")
+        parts.append(f"stalls {status['stalls']} ({status['stall_ms']:.0f} ms)")
+    return "  ".join(parts)
+
+
+def summary_text(summary: dict[str, Any]) -> str:
+    lines = []
+    total = summary.get("frames_total")
+    if summary.get("cdone"):
+        lines.append(f"CDONE ruid={summary['ruid']} held={summary.get('frames_cached', 0) + summary['frames_received']}"
+                     f"/{total}")
+    if summary.get("local"):
+        lines.append(f"played {summary.get('frames_played', 0)} frames of {summary['movie']} from the cache; "
+                     "no server was asked")
+    else:
+        servers = summary.get("per_server", {})
+        lines.append(f"played {summary.get('frames_played', 0)}/{total} frames of {summary['movie']}: "
+                     f"{summary['frames_received']} received from {len(servers)} server(s), "
+                     f"{summary.get('frames_cached', 0)} from the cache")
+        if servers:
+            lines.append("per server: " + ", ".join(f"{s} {n}" for s, n in servers.items()))
+    startup = summary.get("startup_ms")
+    lines.append(f"startup {'-' if startup is None else f'{startup:.0f} ms'}, stalls {summary['stalls']} "
+                 f"({summary['stall_ms']:.0f} ms), rebuffer ratio {summary['rebuffer_ratio']:.4f}, duplicates "
+                 f"{summary['duplicates']}, bad frames {summary.get('bad_frames', 0)}, reconnects "
+                 f"{summary.get('reconnects', 0)}")
+    if summary.get("frames_missing"):
+        lines.append(f"incomplete: {summary['frames_missing']} frames never arrived; play again to fetch them")
+    if summary.get("output"):
+        lines.append(f"output: {summary['output']}")
+    return "\n".join(lines)
+
+
+class StatusLine:
+    """One line on a terminal, rewritten in place while the movie plays."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+        self._shown = False
+
+    def show(self, text: str) -> None:
+        self._stream.write("\r" + text[:max(20, _columns() - 1)] + "\x1b[K")
+        self._stream.flush()
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self._shown = False
+
+
+def _columns() -> int:
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except OSError:
+        return 100
+
+
+# -- the command ------------------------------------------------------------------------------------
+
+
+def check_arguments(args) -> None:
+    check_movie_id(args.movie)
+    coordinators = parse_addr_list(args.coordinators, "--coordinators")
+    if args.http:
+        parse_addr(args.http, "--http")
+    if args.fast and (args.http or args.window):
+        raise UsageError("--fast takes frames as fast as the servers send them, but --http and --window play "
+                         "in real time: drop --fast, or use it with --output alone")
+    if args.lead <= 0 or args.startup < 0 or args.timeout <= 0:
+        raise UsageError("--lead and --timeout must be > 0, --startup >= 0")
+    args.coordinator_list = coordinators
+
+
+def cmd_play(args) -> int:
+    check_arguments(args)
+    from twisted.internet import reactor
+
+    from vod.client.cache import FrameCache
+    from vod.client.session import PlaybackSession, PlayOptions, PlayState
+    from vod.client.sinks import AviSink, HttpSink, WindowSink
+    from vod.client.worker import ThreadWorker
+    from vod.groups.member import GroupMember
+
+    setup_logging(args.log_level)
+    client_id = args.client_id
+    window = WindowSink(f"vod: {args.movie}") if args.window else None  # exits 2 at once when headless
+    http = None
+    if args.http:
+        host, port = parse_addr(args.http, "--http")
+        http = HttpSink(reactor, host, port, f"vod: {args.movie}")
+        http.open()
+        print(f"vod-client: watch {args.movie} at {http.url} (stream {http.url}stream.mjpg); "
+              "playback starts when the first viewer connects", file=sys.stderr, flush=True)
+    cache = None if args.no_cache else FrameCache(args.cache, args.movie)
+
+    def member_factory(on_event):
+        return GroupMember(reactor, args.coordinator_list, read_secret(args.secret_file), client_id, "client",
+                           args.domain, member_address(http and f"{http.host}:{http.port}"), on_event=on_event)
+
+    def make_sinks(meta):
+        sinks = []
+        if args.output:
+            sinks.append(AviSink(args.output, meta.fps, (meta.width, meta.height)))
+        sinks += [s for s in (http, window) if s is not None]
+        return sinks
+
+    worker = ThreadWorker(reactor)
+    session = PlaybackSession(reactor, args.movie, client_id, member_factory=member_factory, cache=cache,
+                              worker=worker, make_sinks=make_sinks,
+                              options=PlayOptions(fast=args.fast, lead=args.lead, startup_seconds=args.startup,
+                                                  join_timeout=args.timeout))
+    line = StatusLine(sys.stderr) if sys.stderr.isatty() and not args.json else None
+    outcome: dict[str, Any] = {}
+
+    def show_status():
+        if line is not None and session.state.value not in ("done", "failed", "cancelled"):
+            line.show(status_line(session.status()))
+
+    def finished(result):
+        outcome["result"] = result
+        if reactor.running and not outcome.get("shutting_down"):
+            reactor.stop()
+
+    def start():
+        if line is not None:
+            from twisted.internet.task import LoopingCall
+            ticker = LoopingCall(show_status)
+            ticker.start(STATUS_EVERY)
+            outcome["ticker"] = ticker
+        session.start().addBoth(finished)
+
+    def shutting_down():
+        # Ctrl-C (or SIGTERM): cancel the request at the coordinator before the reactor goes.
+        outcome["shutting_down"] = True
+        if "result" in outcome:
+            return None
+        session.cancel()
+        return session.when_finished().addTimeout(6.0, reactor).addErrback(lambda _: None)
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
+    try:
+        reactor.run()
+    finally:
+        if line is not None:
+            line.clear()
+        worker.stop()
+    result = outcome.get("result")
+    if result is None:
+        raise VodError("vod-client: stopped before the play finished")
+    if not hasattr(result, "state"):  # a Failure nobody expected
+        raise VodError(f"vod-client: internal error: {result.getErrorMessage()}")
+    if result.state is PlayState.CANCELLED:
+        print("vod-client: cancelled", file=sys.stderr)
+        if args.json:
+            print(json.dumps(result.summary))
+        return EXIT_CANCELLED
+    if result.state is PlayState.FAILED:
+        if args.json:
+            print(json.dumps(result.summary))
+        raise result.error or VodError("the play failed")
+    if args.json:
+        print(json.dumps(result.summary))
+    else:
+        print(summary_text(result.summary))
+    return EXIT_INCOMPLETE if result.summary.get("frames_missing") else 0
+
+
+def entry(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    return cmd_play(args)
+
+
+def main() -> int:
+    return run(entry, prog="vod-client")

@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -38,6 +39,8 @@ from vod.coordinator.session import MemberSession
 
 log = logging.getLogger("vod.coordinator")
 
+STALL_GRACE_AFTER = 0.5  # seconds between two role checks (normally 0.02) that count as a stall
+
 
 class CoordinatorReplica:
     def __init__(self, reactor, *, replica_id: str, raft_addr: str, peers: list[str], listen: str, secret: bytes,
@@ -56,6 +59,8 @@ class CoordinatorReplica:
         self.max_servers = max_servers
         self._held: dict[int, str] = {}  # RUID -> latest held mask a client reported (base64)
         self._restriping: set[int] = set()
+        self._last_check: float | None = None
+        self._strategizing: dict[int, list[defer.Deferred]] = {}  # RUID -> callers waiting for its strategy
         self._check_interval = check_interval
         self.machine = GroupMachine()
         self.raft = raft_factory(reactor, raft_addr, peers, secret, self.machine, data_dir, settings,
@@ -114,6 +119,14 @@ class CoordinatorReplica:
         if self.standby:
             self.standby_waiter.tick()
             return
+        now = self.clock.seconds()
+        if self._last_check is not None and now - self._last_check > STALL_GRACE_AFTER:
+            # We were not running (a stall, a pause): the heartbeats that queued meanwhile are not
+            # read yet, so judging members now would exclude everyone. Judge them later.
+            log.warning("role check ran %.2f s late: granting members %.1f s of grace", now - self._last_check,
+                        self.grace)
+            self.detector.grant_grace(self.grace)
+        self._last_check = now
         acting = self.raft.is_acting_primary()
         term = self.raft_view.term if self.raft_view else 0
         if acting != self.acting:
@@ -262,14 +275,14 @@ class CoordinatorReplica:
 
         return d.addCallback(joined).addErrback(refused)
 
-    def resume(self, session: MemberSession) -> list[dict]:
+    def resume(self, session: MemberSession, positions: dict) -> list[dict]:
         """Register a reconnected member and return what it may have missed (it drops duplicates)."""
         alive = self.raft.read(lambda m: session.member_id in m.state.members)
         if not alive:
             return None
         self.sessions[session.member_id] = session
         self.detector.heartbeat(session.member_id)
-        return self.raft.read(lambda m: m.outbox(session.member_id))
+        return unseen(self.raft.read(lambda m: m.outbox(session.member_id)), positions)
 
     # -- requests (the strategist) ----------------------------------------------------------------------
 
@@ -301,18 +314,28 @@ class CoordinatorReplica:
             record = self.raft.read(lambda m: m.requests.request(ruid))
             if record["state"] != rq.PENDING:
                 return ruid, record["state"]
-            # Pending: new, or admitted by a primary that died before strategizing it.
-            return self._strategize(record).addCallback(lambda state: (ruid, state))
+            # Pending: new, or admitted by a primary that died before strategizing it. A retry that
+            # comes while the first strategize is in flight waits for that one instead of racing it.
+            waiter = defer.Deferred()
+            if ruid in self._strategizing:
+                self._strategizing[ruid].append(waiter)
+            else:
+                self._strategizing[ruid] = [waiter]
+                self._strategize(record).addBoth(self._strategized, ruid)
+            return waiter.addCallback(lambda state: (ruid, state))
 
         return d.addCallback(admitted)
 
+    def _strategized(self, result, ruid: int) -> None:
+        for waiter in self._strategizing.pop(ruid, []):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
     def live_servers(self, domain: str) -> list[ServerInfo]:
         def read(machine):
-            load: dict[str, int] = {}
-            for record in machine.requests.requests():
-                if record["state"] in rq.ACTIVE and record["strategy"]:
-                    for server in rq.strategy_servers(record["strategy"]):
-                        load[server] = load.get(server, 0) + 1
+            load = machine.requests.server_load()
             return [ServerInfo(m.member_id, max(1, m.capacity), load.get(m.member_id, 0), frozenset(m.movies))
                     for m in machine.state.members.values() if m.kind == "server" and m.domain == domain]
         return self.raft.read(read)
@@ -339,12 +362,7 @@ class CoordinatorReplica:
 
     def _restripe_orphans(self) -> None:
         """Hand the missing frames of every server that left a strategy to survivors and backups."""
-        def read(machine):
-            live = set(machine.state.members)
-            return [r for r in machine.requests.requests() if r["state"] in rq.ACTIVE and r["strategy"]
-                    and not set(rq.strategy_servers(r["strategy"])) <= live]
-
-        for record in self.raft.read(read):
+        for record in self.raft.read(lambda m: m.requests.orphaned(set(m.state.members))):
             if record["ruid"] not in self._restriping:
                 self._restripe(record)
 
@@ -430,6 +448,24 @@ def _raise_refusal(result: Any) -> Any:
     if isinstance(result, dict) and "error" in result:
         raise Refused(result["message"])
     return result
+
+
+def unseen(outbox: list[dict], positions: dict) -> list[dict]:
+    """What of a member's outbox came after the last group event it says it delivered.
+
+    One connection delivers in order, so everything before that event reached it too; this keeps
+    a reconnect from replaying strategies and request changes the member already acted on.
+    """
+    def seen(event: dict) -> bool:
+        if event.get("type") not in ("ViewChanged", "Delivered"):
+            return False  # only these carry a position in their group
+        where = positions.get(event["group"])
+        if not isinstance(where, (list, tuple)) or len(where) != 2:
+            return False
+        return (event["view_id"], event.get("seq", 0)) <= tuple(where)
+
+    last = max((i for i, event in enumerate(outbox) if seen(event)), default=-1)
+    return outbox[last + 1:]
 
 
 def _refuse(message: str):

@@ -140,6 +140,7 @@ class RequestBook:
         self._by_request_id: dict[str, int] = {}  # "client|request id" -> RUID
         self._caches: dict[str, dict[str, Any]] = {}  # "client|movie" -> {"client", "movie", "mask", "frames"}
         self._now: float | None = None  # the "at" stamp of the command being applied
+        self._active: set[int] = set()  # RUIDs in ACTIVE states: what the primary scans on hot paths
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -154,7 +155,26 @@ class RequestBook:
         return [copy.deepcopy(self._caches[k]) for k in sorted(self._caches)]
 
     def active_for_client(self, client: str) -> list[int]:
-        return sorted(r for r, rec in self._requests.items() if rec["client"] == client and rec["state"] in ACTIVE)
+        return sorted(r for r in self._active if self._requests[r]["client"] == client)
+
+    def server_load(self) -> dict[str, int]:
+        """Active requests per server (no copies: this runs on every admission, under the apply lock)."""
+        load: dict[str, int] = {}
+        for ruid in self._active:
+            strategy = self._requests[ruid]["strategy"]
+            for item in (strategy or {}).get("assignments", ()):
+                load[item["server"]] = load.get(item["server"], 0) + 1
+        return load
+
+    def orphaned(self, live: set[str]) -> list[dict[str, Any]]:
+        """Copies of the active requests whose strategy names a server that is gone."""
+        out = []
+        for ruid in sorted(self._active):
+            record = self._requests[ruid]
+            servers = [a["server"] for a in (record["strategy"] or {}).get("assignments", ())]
+            if any(server not in live for server in servers):
+                out.append(copy.deepcopy(record))
+        return out
 
     # -- applying -----------------------------------------------------------------------------------
 
@@ -196,6 +216,7 @@ class RequestBook:
                   "reason": "", "opened_at": self._now, "changed_at": self._now}
         self._requests[ruid] = record
         self._by_request_id[key] = ruid
+        self._active.add(ruid)
         return [(self._changed(record, "admitted"), (client,))]
 
     def _strategize(self, groups: GroupState, ruid, strategy) -> list[Pushed]:
@@ -237,6 +258,8 @@ class RequestBook:
 
     def _cdone(self, groups: GroupState, ruid, client, held) -> list[Pushed]:
         record = self._owned(ruid, client)
+        if record["state"] == DONE:
+            return []  # a retry after a lost answer: already done, nothing changes
         self._step(ruid, "cdone")
         held_mask = mask_from_text(held, record["frame_count"], "held mask")
         self._caches[f"{client}|{record['movie']}"] = {"client": client, "movie": record["movie"], "mask": held,
@@ -246,6 +269,8 @@ class RequestBook:
 
     def _cancel(self, groups: GroupState, ruid, client) -> list[Pushed]:
         record = self._owned(ruid, client)
+        if record["state"] == CANCELLED:
+            return []  # a retry after a lost answer
         self._step(ruid, "cancel")
         return self._end(groups, record, CANCELLED, "cancelled by the client")
 
@@ -285,6 +310,10 @@ class RequestBook:
         return record
 
     def _move(self, record: dict, state: str, groups: GroupState, reason: str) -> None:
+        if state in ACTIVE:
+            self._active.add(record["ruid"])
+        else:
+            self._active.discard(record["ruid"])
         record["state"] = state
         record["reason"] = reason
         record["changed_at"] = self._now
@@ -313,6 +342,8 @@ class RequestBook:
         book = cls()
         for record in data["requests"]:
             book._requests[record["ruid"]] = copy.deepcopy(record)
+            if record["state"] in ACTIVE:
+                book._active.add(record["ruid"])
             book._by_request_id[f"{record['client']}|{record['request_id']}"] = record["ruid"]
         for cache in data["caches"]:
             book._caches[f"{cache['client']}|{cache['movie']}"] = copy.deepcopy(cache)

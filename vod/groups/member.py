@@ -169,6 +169,11 @@ class _CoordinatorLink(amp.AMP):
         self.member = member
         self.attempt = attempt
 
+    def connectionMade(self):
+        super().connectionMade()
+        # Heartbeats and commands are small: without this, Nagle holds each ~40 ms.
+        self.transport.setTcpNoDelay(True)
+
     @wire.Deliver.responder
     def deliver(self, events, term):
         self.member._received(self, events, term)

@@ -171,7 +171,9 @@ class RaftLog:
         self._on_applied = on_applied
         self._last_view: RaftView | None = None
         self._view_lock = threading.Lock()
-        self._lease = settings.leader_fallback
+        # Shorter than the shortest election timeout: by the time followers may elect someone else,
+        # a leader that has not heard from them has already stopped acting.
+        self._lease = min(settings.leader_fallback, 0.8 * settings.election_min)
         self._confirmed_at = float("-inf")  # last time a majority answered us as leader
         self._last_tick = float("-inf")
         self._blackout_until = float("-inf")

@@ -1,0 +1,229 @@
+"""The client's frame cache: the frames of a movie received earlier, so a later play asks only for the rest.
+
+Layout of `CACHE/MOVIE_ID/` (format version 1)::
+
+    movie.json   {"format": "vod-client-cache", "version": 1, "id", "frame_count", "fps", "width", "height"}
+    frames.log   8-byte header b"VODC" | u16 version=1 | u16 record header size=48,
+                 then records, appended as frames arrive, in any order:
+                 b"VCFR" | u32 index | u32 length | 32-byte SHA-256 of the payload | u32 CRC-32 of the
+                 previous 44 bytes | payload (the JPEG bytes, unchanged)
+
+Crash safety: a frame counts as held only once its whole record is on disk
+and checks out. Opening the cache reads every record and verifies the CRC of
+its header and the SHA-256 of its payload; the first record that does not
+(a write torn by a crash, zeros left by a power loss) and everything after it
+is cut off. So a half-written frame is never counted, and appends continue on
+a clean tail. A lock (flock) keeps two clients from appending to one cache.
+
+Every method does file IO: call them from the client's worker thread, never
+from the reactor.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+
+from bitarray import bitarray
+
+from vod.client.playout import mask_from_bits
+from vod.errors import StoreError, UsageError
+from vod.media.store import check_movie_id
+from vod.strategy.mask import FrameMask
+
+FORMAT_NAME = "vod-client-cache"
+FORMAT_VERSION = 1
+LOG_HEADER = struct.Struct(">4sHH")
+LOG_MAGIC = b"VODC"
+RECORD = struct.Struct(">4sII32sI")
+RECORD_MAGIC = b"VCFR"
+SYNC_EVERY = 256  # records between fsyncs: a crash costs at most these frames, never a wrong one
+
+
+def default_cache_root() -> str:
+    """$XDG_CACHE_HOME/vod, else ~/.cache/vod (the XDG base directory rule)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "vod")
+
+
+@dataclass(frozen=True)
+class MovieMeta:
+    """What a client must know of a movie to play it: from the coordinator's catalogue or the cache."""
+
+    movie_id: str
+    frame_count: int
+    fps: float
+    width: int = 0
+    height: int = 0
+
+    @classmethod
+    def from_catalogue(cls, movie_id: str, entry: dict) -> "MovieMeta":
+        try:
+            frame_count, fps = int(entry["frame_count"]), float(entry["fps"])
+        except (KeyError, TypeError, ValueError):
+            raise StoreError(f"the coordinator's catalogue entry for {movie_id} is incomplete: {entry!r}") from None
+        if frame_count < 1 or not (math.isfinite(fps) and fps > 0):
+            raise StoreError(f"the coordinator's catalogue entry for {movie_id} is not playable: {entry!r}")
+        return cls(movie_id, frame_count, fps, int(entry.get("width") or 0), int(entry.get("height") or 0))
+
+    def same_movie(self, other: "MovieMeta") -> bool:
+        return (self.movie_id, self.frame_count, self.fps) == (other.movie_id, other.frame_count, other.fps)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT_NAME, "version": FORMAT_VERSION, "id": self.movie_id,
+                "frame_count": self.frame_count, "fps": self.fps, "width": self.width, "height": self.height}
+
+
+class FrameCache:
+    """One movie's cached frames. `open` first; then `held`, `read`, `append`, `sync`, `close`."""
+
+    def __init__(self, root: str, movie_id: str):
+        self.root = root
+        self.movie_id = check_movie_id(movie_id)
+        self.path = os.path.join(root, movie_id)
+        self.meta: MovieMeta | None = None
+        self._fd: int | None = None
+        self._index: dict[int, tuple[int, int]] = {}  # frame -> (payload offset, length)
+        self._end = 0
+        self._unsynced = 0
+        self.discarded_bytes = 0  # a torn tail cut off when opening
+
+    # -- opening -------------------------------------------------------------------------------------
+
+    def open(self) -> "FrameCache":
+        """Lock the cache, read its metadata (if any) and every sound record."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            fd = os.open(os.path.join(self.path, "frames.log"), os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UsageError(f"cache {self.path}: cannot write ({err.strerror}); give another --cache DIR") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UsageError(f"cache {self.path} is in use by another vod-client; wait for it or give "
+                             "another --cache DIR") from None
+        self._fd = fd
+        self.meta = self._read_meta()
+        self._scan()
+        return self
+
+    def _read_meta(self) -> MovieMeta | None:
+        try:
+            with open(os.path.join(self.path, "movie.json"), encoding="utf-8") as f:
+                data = json.load(f)
+            if data.get("format") != FORMAT_NAME or data.get("version") != FORMAT_VERSION:
+                return None
+            meta = MovieMeta(str(data["id"]), int(data["frame_count"]), float(data["fps"]),
+                             int(data.get("width") or 0), int(data.get("height") or 0))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # no or unreadable metadata: the frames cannot be trusted to be this movie's
+        return meta if meta.movie_id == self.movie_id and meta.frame_count > 0 and meta.fps > 0 else None
+
+    def _scan(self) -> None:
+        fd = self._fd
+        size = os.fstat(fd).st_size
+        header = os.pread(fd, LOG_HEADER.size, 0)
+        if self.meta is None or len(header) < LOG_HEADER.size or \
+                LOG_HEADER.unpack(header) != (LOG_MAGIC, FORMAT_VERSION, RECORD.size):
+            self._reset()
+            return
+        offset = LOG_HEADER.size
+        while offset + RECORD.size <= size:
+            magic, index, length, digest, crc = RECORD.unpack(os.pread(fd, RECORD.size, offset))
+            if magic != RECORD_MAGIC or crc != zlib.crc32(RECORD.pack(magic, index, length, digest, 0)[:-4]):
+                break
+            if index >= self.meta.frame_count or offset + RECORD.size + length > size:
+                break
+            payload = os.pread(fd, length, offset + RECORD.size)
+            if hashlib.sha256(payload).digest() != digest:
+                break
+            self._index.setdefault(index, (offset + RECORD.size, length))
+            offset += RECORD.size + length
+        if offset < size:
+            self.discarded_bytes = size - offset
+            os.ftruncate(fd, offset)
+        self._end = offset
+
+    def _reset(self) -> None:
+        """Start the log afresh (new cache, or one whose frames cannot be trusted)."""
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, LOG_HEADER.pack(LOG_MAGIC, FORMAT_VERSION, RECORD.size), 0)
+        self._index.clear()
+        self._end = LOG_HEADER.size
+
+    def adopt(self, meta: MovieMeta) -> int:
+        """Use this cache for `meta` (the catalogue's word); returns how many frames were dropped because
+        they were of another movie under the same id."""
+        dropped = 0
+        if self.meta is None or not self.meta.same_movie(meta):
+            dropped = len(self._index)
+            self._reset()
+        if self.meta != meta:
+            tmp = os.path.join(self.path, "movie.json.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(meta.to_json(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, os.path.join(self.path, "movie.json"))
+            self.meta = meta
+        return dropped
+
+    # -- frames --------------------------------------------------------------------------------------
+
+    def held(self) -> FrameMask:
+        bits = bitarray(self.meta.frame_count if self.meta else 0, "big")
+        bits.setall(0)
+        for index in self._index:
+            bits[index] = 1
+        return mask_from_bits(bits)
+
+    def __contains__(self, index: int) -> bool:
+        return index in self._index
+
+    def read(self, index: int) -> bytes:
+        offset, length = self._index[index]
+        data = os.pread(self._fd, length, offset)
+        if len(data) != length:
+            raise StoreError(f"cache {self.path}: frame {index} is cut short; delete the cache and play again")
+        return data
+
+    def append(self, index: int, payload: bytes, sha256: bytes) -> None:
+        """Add a received (verified) frame; a frame held already is left as it is."""
+        if index in self._index or self.meta is None:
+            return
+        head = RECORD.pack(RECORD_MAGIC, index, len(payload), sha256, 0)[:-4]
+        record = head + struct.pack(">I", zlib.crc32(head))
+        try:
+            written = os.pwritev(self._fd, [record, payload], self._end)
+            if written != len(record) + len(payload):
+                raise OSError(28, "short write")
+        except OSError as err:
+            # Cut the torn record now rather than on the next open.
+            os.ftruncate(self._fd, self._end)
+            raise StoreError(f"cache {self.path}: cannot write frame {index} ({err.strerror}); "
+                             "free some space or give another --cache DIR") from None
+        self._index[index] = (self._end + RECORD.size, len(payload))
+        self._end += RECORD.size + len(payload)
+        self._unsynced += 1
+        if self._unsynced >= SYNC_EVERY:
+            self.sync()
+
+    def sync(self) -> None:
+        if self._fd is not None and self._unsynced:
+            os.fsync(self._fd)
+            self._unsynced = 0
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                self.sync()
+            finally:
+                os.close(self._fd)  # releases the lock
+                self._fd = None

@@ -1,0 +1,374 @@
+"""One server's stream of frames to this client: a TCP connection that says HELLO, grants credit, checks every
+frame, and comes back after a drop.
+
+The protocol (`vod.stream.protocol`): the client speaks first, HELLO {ruid,
+client, held, mode}, then CREDIT {until} as its playhead moves; the server
+sends FRAME messages and END when it has sent all its frames. Here:
+
+- every frame's SHA-256 is checked; a bad one is dropped and asked for again
+  with RESEND (at most `MAX_RESENDS` times per frame, so a frame damaged at
+  the source cannot loop forever);
+- fencing: frames and END stamped with a revision older than the newest this
+  client knows for the server are ignored. The frames so ignored that are
+  still the server's and still missing are asked for again (RESEND) once the
+  server shows it knows the new revision, so fencing never loses a frame;
+- a dropped connection (or a server ERROR) reconnects with a fresh HELLO whose
+  held mask is what the client holds now, so the server resumes where it
+  left off; after `max_retries` failures in a row without a good frame the
+  feed gives up (FAILED) and the coordinator's restripe has to help.
+
+The connection life is one state machine; its transitions are all in
+`ServerFeed._TRANSITIONS`:
+
+    IDLE --start--> CONNECTING --connected--> STREAMING --end--> ENDED
+    CONNECTING/STREAMING --lost--> WAITING --retry--> CONNECTING
+    CONNECTING/STREAMING --gave_up--> FAILED
+    ENDED/FAILED/WAITING --reopen--> CONNECTING       (a new revision gives the server frames again)
+    ENDED --lost--> ENDED                             (the server may close once it is done)
+    any but CLOSED --stop--> CLOSED
+
+As in `GroupMember`, news from a connection carries its attempt number and is
+dropped once the feed has moved on to another attempt.
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import logging
+from collections import deque
+from typing import Any, Callable, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.python.failure import Failure
+
+from vod.groups.member import Backoff, parse_address
+from vod.stream import protocol as wire
+from vod.strategy.mask import FrameMask
+
+log = logging.getLogger(__name__)
+
+MAX_RESENDS = 3
+DEFAULT_RETRIES = 5
+FIRST_RETRY = 0.1
+MAX_RETRY = 1.0
+
+
+class FeedState(enum.StrEnum):
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    WAITING = "waiting"
+    ENDED = "ended"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+class FeedListener(Protocol):
+    """What a feed needs from its play (the session)."""
+
+    def held_mask(self) -> FrameMask: ...
+
+    def credit(self) -> int: ...
+
+    def frame_received(self, feed: "ServerFeed", message: wire.FrameMessage) -> None: ...
+
+    def feed_changed(self, feed: "ServerFeed") -> None: ...
+
+
+Connector = Callable[[str, int, Factory], Deferred]
+
+
+def tcp_connector(reactor, timeout: float = 2.0) -> Connector:
+    def connect(host: str, port: int, factory: Factory) -> Deferred:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout).connect(factory)
+    return connect
+
+
+class FeedProtocol(TwistedProtocol):
+    """Bytes in and out for one connection attempt; all decisions are the feed's."""
+
+    def __init__(self, feed: "ServerFeed", attempt: int):
+        self.feed = feed
+        self.attempt = attempt
+        self.decoder = wire.FrameDecoder()
+
+    def send(self, type_: int, body: dict[str, Any] | None = None) -> None:
+        if self.transport is not None:
+            self.transport.write(wire.encode_control(type_, body))
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            messages = self.decoder.feed(data)
+        except wire.ProtocolError as err:
+            self.feed._fire("lost", self.attempt, reason=f"protocol error: {err}")
+            return
+        for message in messages:
+            if not self.feed._message(self, message):
+                return
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.feed._fire("lost", self.attempt, reason=f"connection lost: {reason.getErrorMessage() if reason else ''}")
+
+
+class ServerFeed:
+    """The frames of one server for one RUID. `revision` and `mask` follow the newest strategy."""
+
+    def __init__(self, reactor, server_id: str, address: str, ruid: int, client_id: str, listener: FeedListener,
+                 *, revision: int, mask: FrameMask, fast: bool = False, connector: Connector | None = None,
+                 max_retries: int = DEFAULT_RETRIES):
+        self._reactor = reactor
+        self.server_id = server_id
+        self.address = address
+        self.ruid = ruid
+        self.client_id = client_id
+        self.revision = revision
+        self.mask = mask
+        self.mode = "fast" if fast else "play"
+        self._listener = listener
+        self._connector = connector or tcp_connector(reactor)
+        self._max_retries = max_retries
+
+        self.state = FeedState.IDLE
+        self.reason = ""
+        self._attempt = 0
+        self._link: FeedProtocol | None = None
+        self._connecting: Deferred | None = None
+        self._retry = None
+        self._failures = 0  # connection failures since the last good frame
+        self._backoff = Backoff(FIRST_RETRY, MAX_RETRY)
+        self._credit_sent = -1
+        self._paused = False
+        self._bad_copies: dict[int, int] = {}
+        self._fenced: set[int] = set()  # frames ignored as stale, to ask for again
+        self._inputs: deque = deque()
+        self._firing = False
+        # counters for the summary
+        self.bad_frames = 0
+        self.stale_frames = 0
+        self.resends = 0
+        self.reconnects = 0
+
+    # -- what the session calls ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._fire("start")
+
+    def stop(self) -> None:
+        """Tell the server to stop (STOP) and close; final."""
+        self._fire("stop")
+
+    def update(self, revision: int, mask: FrameMask, address: str) -> None:
+        """A newer strategy: fence older frames; reconnect if the server has frames for us again."""
+        if revision <= self.revision:
+            return
+        self.revision, self.mask = revision, mask
+        moved = address != self.address
+        self.address = address
+        owed = bool(mask - self._listener.held_mask())
+        if moved and self.state in (FeedState.CONNECTING, FeedState.STREAMING):
+            self._fire("lost", self._attempt, reason=f"server moved to {address}")
+        elif owed:
+            self.refetch()
+
+    def refetch(self) -> None:
+        """Connect again with a fresh HELLO, so the server sends what it still owes (its frames not held)."""
+        if self.state in (FeedState.ENDED, FeedState.FAILED, FeedState.WAITING):
+            self._failures = 0
+            self._fire("reopen")
+
+    def grant(self, until: int) -> None:
+        """Let the server send frames below `until` (sent only when it moved)."""
+        if self.state is FeedState.STREAMING and until > self._credit_sent:
+            self._credit_sent = until
+            self._link.send(wire.CREDIT, {"until": until})
+
+    def pause(self) -> None:
+        self._paused = True
+        if self.state is FeedState.STREAMING:
+            self._link.send(wire.PAUSE)
+
+    def resume(self) -> None:
+        self._paused = False
+        if self.state is FeedState.STREAMING:
+            self._link.send(wire.RESUME)
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will come from this feed unless a new strategy reopens it."""
+        return self.state in (FeedState.ENDED, FeedState.FAILED, FeedState.CLOSED)
+
+    # -- the state machine ---------------------------------------------------------------------------
+
+    def _fire(self, input: str, attempt: int | None = None, **data: Any) -> None:
+        self._inputs.append((input, attempt, data))
+        if self._firing:
+            return
+        self._firing = True
+        try:
+            while self._inputs:
+                self._transition(*self._inputs.popleft())
+        finally:
+            self._firing = False
+
+    def _transition(self, input: str, attempt: int | None, data: dict[str, Any]) -> None:
+        if attempt is not None and attempt != self._attempt:
+            return
+        if input == "lost" and self.state in (FeedState.CONNECTING, FeedState.STREAMING):
+            self._failures += 1
+            if self._failures > self._max_retries:
+                input = "gave_up"
+        transition = self._TRANSITIONS.get((self.state, input))
+        if transition is None:
+            log.debug("%s/%s: %s ignored in state %s", self.ruid, self.server_id, input, self.state)
+            return
+        new_state, outputs = transition
+        log.debug("%s/%s: %s --%s--> %s", self.ruid, self.server_id, self.state, input, new_state)
+        old, self.state = self.state, new_state
+        for output in outputs:
+            output(self, **data)
+        if new_state is not old:
+            self._listener.feed_changed(self)
+
+    # -- outputs -------------------------------------------------------------------------------------
+
+    def _connect(self, **_: Any) -> None:
+        self._retry = None
+        self._attempt += 1
+        attempt = self._attempt
+        host, port = parse_address(self.address)
+        connecting = self._connector(host, port, Factory.forProtocol(lambda: FeedProtocol(self, attempt)))
+        self._connecting = connecting
+
+        def connected(link: FeedProtocol) -> None:
+            if attempt != self._attempt:
+                link.transport.abortConnection()
+            else:
+                self._fire("connected", attempt, link=link)
+
+        connecting.addCallbacks(connected, lambda f: self._fire(
+            "lost", attempt, reason=f"cannot connect to {self.address}: {f.getErrorMessage()}"))
+
+    def _hello(self, link: FeedProtocol, **_: Any) -> None:
+        self._connecting = None
+        self._link = link
+        held = self._listener.held_mask()
+        link.send(wire.HELLO, {"ruid": self.ruid, "client": self.client_id,
+                               "held": base64.b64encode(held.to_bytes()).decode("ascii"), "mode": self.mode})
+        if self._paused:
+            link.send(wire.PAUSE)
+        self._credit_sent = -1
+        self.grant(self._listener.credit())
+
+    def _drop_link(self, **_: Any) -> None:
+        self._attempt += 1  # what the abort below reports belongs to an abandoned attempt
+        if self._connecting is not None:
+            connecting, self._connecting = self._connecting, None
+            connecting.cancel()
+        if self._link is not None:
+            link, self._link = self._link, None
+            if link.transport is not None:
+                link.transport.loseConnection()
+
+    def _schedule_retry(self, reason: str = "", **_: Any) -> None:
+        self.reason = reason
+        self.reconnects += 1
+        delay = self._backoff.next()
+        log.info("RUID %d, server %s: %s; reconnecting in %.2f s", self.ruid, self.server_id, reason, delay)
+        self._retry = self._reactor.callLater(delay, self._fire, "retry")
+
+    def _cancel_retry(self, **_: Any) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+    def _give_up(self, reason: str = "", **_: Any) -> None:
+        self.reason = f"{reason} (gave up after {self._max_retries} reconnections)"
+        log.warning("RUID %d, server %s: %s", self.ruid, self.server_id, self.reason)
+
+    def _send_stop(self, **_: Any) -> None:
+        if self._link is not None:
+            self._link.send(wire.STOP)
+
+    def _ended(self, **_: Any) -> None:
+        self.reason = "sent all its frames"
+
+    _RECONNECT = (FeedState.WAITING, (_drop_link, _schedule_retry))
+    _TRANSITIONS: dict[tuple[FeedState, str], tuple[FeedState, tuple[Callable[..., None], ...]]] = {
+        (FeedState.IDLE, "start"): (FeedState.CONNECTING, (_connect,)),
+        (FeedState.CONNECTING, "connected"): (FeedState.STREAMING, (_hello,)),
+        (FeedState.STREAMING, "end"): (FeedState.ENDED, (_ended,)),
+        (FeedState.CONNECTING, "lost"): _RECONNECT,
+        (FeedState.STREAMING, "lost"): _RECONNECT,
+        (FeedState.CONNECTING, "gave_up"): (FeedState.FAILED, (_drop_link, _give_up)),
+        (FeedState.STREAMING, "gave_up"): (FeedState.FAILED, (_drop_link, _give_up)),
+        (FeedState.WAITING, "retry"): (FeedState.CONNECTING, (_connect,)),
+        (FeedState.ENDED, "lost"): (FeedState.ENDED, (_drop_link,)),
+        # dict.fromkeys, not comprehensions: a comprehension in a class body cannot see the outputs above.
+        **dict.fromkeys([(state, "reopen") for state in (FeedState.ENDED, FeedState.FAILED, FeedState.WAITING)],
+                        (FeedState.CONNECTING, (_cancel_retry, _drop_link, _connect))),
+        **dict.fromkeys([(state, "stop") for state in FeedState if state is not FeedState.CLOSED],
+                        (FeedState.CLOSED, (_cancel_retry, _send_stop, _drop_link))),
+    }
+
+    # -- what the connection reports -----------------------------------------------------------------
+
+    def _message(self, link: FeedProtocol, message: wire.FrameMessage) -> bool:
+        """One decoded message; False when the connection was given up on (stop reading it)."""
+        if link.attempt != self._attempt or self.state is not FeedState.STREAMING:
+            return False
+        if message.ruid != self.ruid and message.type != wire.ERROR:
+            self._fire("lost", link.attempt, reason=f"the server sent RUID {message.ruid}, not {self.ruid}")
+            return False
+        if message.type == wire.ERROR:
+            text = message.payload.decode("utf-8", "replace")
+            self._fire("lost", link.attempt, reason=f"server error: {text}")
+            return False
+        if message.revision < self.revision:
+            # Fencing: sent under a strategy that has since been replaced.
+            if message.type == wire.FRAME:
+                self.stale_frames += 1
+                self._fenced.add(message.index)
+            return True
+        if message.revision > self.revision:
+            self.revision = message.revision  # the server heard of the new strategy before us
+        self._ask_again_for_fenced(link)
+        if message.type == wire.END:
+            self._fire("end", link.attempt)
+            return True
+        if not message.checksum_ok():
+            self._bad_copy(link, message.index)
+            return True
+        self._failures = 0
+        self._backoff.reset()
+        self._listener.frame_received(self, message)
+        return True
+
+    def _bad_copy(self, link: FeedProtocol, index: int) -> None:
+        self.bad_frames += 1
+        copies = self._bad_copies[index] = self._bad_copies.get(index, 0) + 1
+        if copies > MAX_RESENDS:
+            log.warning("RUID %d: frame %d from %s failed its checksum %d times; not asking again",
+                        self.ruid, index, self.server_id, copies)
+            return
+        log.info("RUID %d: frame %d from %s failed its checksum; asking again", self.ruid, index, self.server_id)
+        self.resends += 1
+        link.send(wire.RESEND, {"frames": [index]})
+
+    def _ask_again_for_fenced(self, link: FeedProtocol) -> None:
+        if not self._fenced:
+            return
+        held = self._listener.held_mask()
+        again = sorted(i for i in self._fenced if i in self.mask and i not in held)
+        self._fenced.clear()
+        if again:
+            self.resends += len(again)
+            link.send(wire.RESEND, {"frames": again})
+
+    def summary(self) -> dict[str, Any]:
+        return {"state": self.state.value, "revision": self.revision, "bad_frames": self.bad_frames,
+                "stale_frames": self.stale_frames, "resends": self.resends, "reconnects": self.reconnects,
+                "reason": self.reason}

@@ -1,0 +1,439 @@
+"""Where played frames go: an MJPEG AVI file, an HTTP MJPEG stream, an OpenCV window.
+
+Every sink gets the stored JPEG bytes of each frame, in order, at its playout
+time (`Player` fans them out). Sinks that touch files or decode JPEGs are
+`threaded`: their `write` runs on the client's worker thread. The HTTP sink
+only writes to sockets and runs on the reactor.
+
+Sink interface: `open()` (may return a Deferred; `ready` is a Deferred that
+fires when playback may start, e.g. once the first viewer is connected),
+`write(index, jpeg)`, `close()` (finish cleanly), `abort()` (discard).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from typing import Any, Callable
+
+from twisted.internet import defer, error as net_error
+from twisted.internet.defer import Deferred
+from twisted.web import resource, server
+
+from vod.errors import MediaError, UsageError, VodError
+
+log = logging.getLogger(__name__)
+
+BOUNDARY = "vodframe"
+# Frames a slow HTTP viewer may fall behind (written while its socket pushes back) before it misses frames:
+# a viewer that cannot keep up skips frames instead of making us buffer the movie for it.
+MAX_BEHIND = 8
+SIZE_CHECK_EVERY = 64  # AVI frames between checks that the file really grows (a full disk)
+WRITE_SLACK = 4 * 1024 * 1024  # what FFmpeg may still hold in its buffers
+
+
+# -- the MJPEG AVI file -----------------------------------------------------------------------------
+
+
+class MjpegAviWriter:
+    """JPEG frames, unchanged, into an MJPEG AVI, one at a time; atomic: the real name appears only on `close`.
+
+    OpenCV's FFmpeg writer in raw mode (`VIDEOWRITER_PROP_RAW_VIDEO`) copies
+    the bytes (measured byte-exact, ../shared/notes). It reports a failed
+    write only through `write`'s return value and not at all in `release`,
+    so the file size is checked too: it must hold every JPEG byte given.
+    Blocking: run it on the worker thread.
+    """
+
+    def __init__(self, path: str, fps: float, size: tuple[int, int] | None = None):
+        if not path.lower().endswith(".avi"):
+            raise UsageError(f"--output {path}: must be an .avi file (Motion-JPEG in AVI)")
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise UsageError(f"--output {path}: directory {parent} does not exist")
+        if os.path.isdir(path):
+            raise UsageError(f"--output {path}: is a directory")
+        self.path = path
+        self.partial = path[:-4] + f".{os.getpid()}.partial.avi"
+        self.fps = fps
+        self._size = size if size and all(size) else None
+        self._writer = None
+        self.frames = 0
+        self.bytes = 0
+        try:  # fail now, not after the movie has been fetched
+            with open(self.partial, "wb"):
+                pass
+        except OSError as err:
+            raise UsageError(f"--output {path}: cannot create a file in {parent} ({err.strerror})") from None
+
+    def _open_writer(self, first: bytes) -> None:
+        import cv2
+
+        if self._size is None:
+            from vod.media.video import jpeg_size
+
+            self._size = jpeg_size(first)
+            if self._size is None:
+                raise MediaError(f"{self.path}: the first frame is not a decodable JPEG")
+        self._writer = cv2.VideoWriter(self.partial, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"MJPG"),
+                                       float(self.fps), self._size, [cv2.VIDEOWRITER_PROP_RAW_VIDEO, 1])
+        if not self._writer.isOpened():
+            raise MediaError(f"{self.path}: OpenCV cannot write {self.partial} (permission denied or disk full?)")
+
+    def write(self, jpeg: bytes) -> None:
+        import numpy as np
+
+        if self._writer is None:
+            self._open_writer(jpeg)
+        if self._writer.write(np.frombuffer(jpeg, np.uint8).reshape(1, -1)) is False:
+            raise self._write_failed()
+        self.frames += 1
+        self.bytes += len(jpeg)
+        if self.frames % SIZE_CHECK_EVERY == 0 and self._on_disk() + WRITE_SLACK < self.bytes:
+            raise self._write_failed()
+
+    def _on_disk(self) -> int:
+        try:
+            return os.path.getsize(self.partial)
+        except OSError:
+            return 0
+
+    def _write_failed(self) -> MediaError:
+        return MediaError(f"--output {self.path}: writing failed after {self.frames} frames "
+                          f"({self._on_disk():,} of {self.bytes:,} bytes on disk): is the disk full? "
+                          "Free some space or write elsewhere")
+
+    def close(self) -> int:
+        """Finish the file and give it its real name; returns the frame count."""
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        if self._on_disk() < self.bytes or (self.frames == 0 and self._on_disk() == 0):
+            failed = self._write_failed() if self.frames else MediaError(
+                f"--output {self.path}: no frame was played, so no file was written")
+            self.abort()
+            raise failed
+        os.replace(self.partial, self.path)
+        return self.frames
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+        try:
+            os.unlink(self.partial)
+        except FileNotFoundError:
+            pass
+
+
+class AviSink:
+    threaded = True
+    name = "avi"
+
+    def __init__(self, path: str, fps: float, size: tuple[int, int] | None = None):
+        self.path, self._fps, self._size = path, fps, size
+        self._writer: MjpegAviWriter | None = None
+        self.ready: Deferred = defer.succeed(None)
+
+    def open(self) -> None:
+        self._writer = MjpegAviWriter(self.path, self._fps, self._size)
+
+    def write(self, index: int, jpeg: bytes) -> None:
+        self._writer.write(jpeg)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+
+    def describe(self) -> dict[str, Any]:
+        return {"output": self.path, "frames_written": self._writer.frames if self._writer else 0}
+
+
+# -- the HTTP MJPEG stream --------------------------------------------------------------------------
+
+
+PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{background:#111;color:#ddd;font-family:sans-serif;text-align:center}}
+img{{max-width:100%;margin-top:1em}}</style></head>
+<body><h1>{title}</h1><img src="/stream.mjpg" alt="{title}">
+<p>The stream plays at the movie's frame rate; reload to see it again from now.</p></body></html>
+"""
+
+
+def _part(jpeg: bytes) -> bytes:
+    head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode("ascii")
+    return head + jpeg + b"\r\n"
+
+
+class _Viewer:
+    """One HTTP client of the stream; a push producer, so its socket can say when it is full."""
+
+    def __init__(self, request: server.Request, gone: Callable[["_Viewer"], None]):
+        self.request = request
+        self.paused = False
+        self.behind = 0
+        self.skipped = 0
+        self.sent = 0
+        request.registerProducer(self, True)
+        request.notifyFinish().addBoth(lambda _: gone(self))
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused, self.behind = False, 0
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def send(self, part: bytes) -> None:
+        if self.paused:
+            if self.behind >= MAX_BEHIND:
+                self.skipped += 1
+                return
+            self.behind += 1
+        self.request.write(part)
+        self.sent += 1
+
+    def finish(self) -> None:
+        self.request.unregisterProducer()
+        self.request.finish()
+
+
+class _StreamResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, sink: "HttpSink"):
+        super().__init__()
+        self._sink = sink
+
+    def render_GET(self, request: server.Request):
+        if self._sink.closed:
+            request.setResponseCode(410)
+            return b"the movie is over\n"
+        request.setHeader(b"content-type", f"multipart/x-mixed-replace; boundary={BOUNDARY}".encode())
+        request.setHeader(b"cache-control", b"no-cache, no-store")
+        request.setHeader(b"connection", b"close")
+        self._sink._viewer_came(request)
+        return server.NOT_DONE_YET
+
+
+class _PageResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, title: str):
+        super().__init__()
+        self._page = PAGE.format(title=html.escape(title)).encode("utf-8")
+
+    def render_GET(self, request: server.Request) -> bytes:
+        if request.path not in (b"/", b"/index.html"):
+            request.setResponseCode(404)
+            return b"not found: the page is / and the stream /stream.mjpg\n"
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return self._page
+
+
+class HttpSink:
+    """`multipart/x-mixed-replace` MJPEG at /stream.mjpg (what browsers and `ffmpeg -f mpjpeg` read) and a page
+    at / that shows it. Frames go out as the playout releases them, so at the movie's frame rate.
+
+    Playback waits for the first viewer (`ready`), so whoever opens the URL sees the movie from its start.
+    """
+
+    threaded = False
+    name = "http"
+
+    def __init__(self, reactor, host: str, port: int, title: str):
+        self._reactor = reactor
+        self.host, self.port = host, port
+        self._root = resource.Resource()
+        self._root.putChild(b"stream.mjpg", _StreamResource(self))
+        page = _PageResource(title)
+        self._root.putChild(b"", page)
+        self._root.putChild(b"index.html", page)
+        self._listening = None
+        self._viewers: list[_Viewer] = []
+        self.ready: Deferred = Deferred()
+        self.closed = False
+        self.viewers_total = 0
+        self.frames_sent = 0
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    def open(self) -> None:
+        """Listen (once: the CLI opens it early, to print the URL and fail fast on a busy port)."""
+        if self._listening is not None:
+            return
+        site = server.Site(self._root)
+        site.noisy = False
+        try:
+            self._listening = self._reactor.listenTCP(self.port, site, interface=self.host)
+        except net_error.CannotListenError as err:
+            raise UsageError(f"--http {self.host}:{self.port}: cannot listen ({err.socketError}); "
+                             "choose another port (0 picks a free one)") from None
+        self.port = self._listening.getHost().port
+
+    def _viewer_came(self, request: server.Request) -> None:
+        self._viewers.append(_Viewer(request, self._viewer_gone))
+        self.viewers_total += 1
+        if not self.ready.called:
+            self.ready.callback(None)
+
+    def _viewer_gone(self, viewer: _Viewer) -> None:
+        if viewer in self._viewers:
+            self._viewers.remove(viewer)
+
+    def write(self, index: int, jpeg: bytes) -> None:
+        if not self._viewers:
+            return
+        part = _part(jpeg)
+        for viewer in list(self._viewers):
+            viewer.send(part)
+        self.frames_sent += 1
+
+    def close(self) -> Deferred:
+        """End every viewer's stream and stop listening.
+
+        No closing delimiter ("--vodframe--"): ffmpeg's mpjpeg demuxer reads it as a part with no headers
+        and reports "Invalid data found" (ffmpeg 5.1, tested); the end of the response is enough for
+        browsers too.
+        """
+        self.closed = True
+        for viewer in list(self._viewers):
+            viewer.finish()
+        self._viewers.clear()
+        return self._stop_listening()
+
+    def abort(self) -> Deferred:
+        self.closed = True
+        for viewer in list(self._viewers):
+            viewer.finish()
+        self._viewers.clear()
+        return self._stop_listening()
+
+    def _stop_listening(self) -> Deferred:
+        if self._listening is None:
+            return defer.succeed(None)
+        listening, self._listening = self._listening, None
+        return defer.maybeDeferred(listening.stopListening)
+
+    def describe(self) -> dict[str, Any]:
+        return {"http": self.url, "viewers": self.viewers_total, "frames_sent": self.frames_sent}
+
+
+# -- the window -------------------------------------------------------------------------------------
+
+
+def gui_backend() -> str | None:
+    """OpenCV's GUI backend (GTK, QT, WIN32UI...), None for a headless build."""
+    import cv2
+
+    for line in cv2.getBuildInformation().splitlines():
+        name, sep, value = line.strip().partition(":")
+        if sep and name.strip() == "GUI":
+            value = value.strip()
+            return None if not value or value.upper() == "NONE" else value
+    return None
+
+
+class WindowSink:
+    """An OpenCV window (cv2.imshow). HighGUI wants all its calls on one thread: the worker's."""
+
+    threaded = True
+    name = "window"
+
+    def __init__(self, title: str):
+        if gui_backend() is None:
+            raise UsageError("--window needs OpenCV with a GUI, and this one is headless "
+                             "(opencv-python-headless); install opencv-python for windows, or watch with "
+                             "--http 127.0.0.1:8080 in a browser")
+        self.title = title
+        self.ready: Deferred = defer.succeed(None)
+        self.on_key: Callable[[int], None] | None = None  # hook for later: pause/resume from the window
+
+    def open(self) -> None:
+        pass
+
+    def write(self, index: int, jpeg: bytes) -> None:
+        import cv2
+        import numpy as np
+
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if image is not None:
+            cv2.imshow(self.title, image)
+        key = cv2.waitKey(1)
+        if key >= 0 and self.on_key is not None:
+            self.on_key(key)
+
+    def close(self) -> None:
+        import cv2
+
+        cv2.destroyAllWindows()
+
+    abort = close
+
+    def describe(self) -> dict[str, Any]:
+        return {"window": self.title}
+
+
+# -- the fan-out ------------------------------------------------------------------------------------
+
+
+class Player:
+    """Hands each played frame to every sink, in order.
+
+    Frames whose payload is elsewhere (None: held in the cache) are read on the
+    worker; threaded sinks write there too, in the same job, so the worker's
+    FIFO keeps the order; reactor sinks write when the job comes back, which is
+    in the same order.
+    """
+
+    def __init__(self, worker, sinks: list, read_cached: Callable[[int], bytes] | None,
+                 on_error: Callable[[Exception], None], on_played: Callable[[], None]):
+        self._worker = worker
+        self._threaded = [s for s in sinks if s.threaded]
+        self._reactor_sinks = [s for s in sinks if not s.threaded]
+        self._read_cached = read_cached
+        self._on_error = on_error
+        self._on_played = on_played
+        self.in_flight = 0
+        self.failed = False
+
+    def play(self, index: int, payload: bytes | None) -> None:
+        if self.failed:
+            return
+        self.in_flight += 1
+        d = self._worker.submit(self._in_thread, index, payload)
+        d.addCallback(self._on_reactor, index)
+        d.addErrback(self._failed)
+        d.addBoth(self._done)
+
+    def _in_thread(self, index: int, payload: bytes | None) -> bytes:
+        if payload is None:
+            payload = self._read_cached(index)
+        for sink in self._threaded:
+            sink.write(index, payload)
+        return payload
+
+    def _on_reactor(self, payload: bytes, index: int) -> None:
+        for sink in self._reactor_sinks:
+            sink.write(index, payload)
+
+    def _failed(self, failure) -> None:
+        if not self.failed:
+            self.failed = True
+            err = failure.value
+            self._on_error(err if isinstance(err, VodError) else MediaError(f"playing a frame failed: {err}"))
+
+    def _done(self, _) -> None:
+        self.in_flight -= 1
+        self._on_played()
