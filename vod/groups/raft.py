@@ -59,16 +59,17 @@ class RaftSettings:
     """Timings chosen from ../shared/notes/measured-pysyncobj.md (2-core machine, loopback).
 
     Heartbeat 20 ms and elections at 80-200 ms gave 0.13 s median failover
-    there. `connection_timeout` is long on purpose: pysyncobj checks idleness
+    there; we take 120-300 ms so the acting lease (0.8 x the shortest election
+    timeout, 96 ms) survives the tick delays of a loaded 2-core machine. `connection_timeout` is long on purpose: pysyncobj checks idleness
     only when it sends, so a short timeout closes the quiet follower-follower
     link exactly when the first vote request goes out and costs a second
     election. A killed peer's socket closes at once anyway; a paused one is
     caught by the election timeout, not by this.
     """
 
-    heartbeat: float = 0.02
-    election_min: float = 0.08
-    election_max: float = 0.2
+    heartbeat: float = 0.025
+    election_min: float = 0.12
+    election_max: float = 0.3
     connection_timeout: float = 10.0
     connection_retry: float = 0.1
     tick: float = 0.01
