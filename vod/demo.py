@@ -1,56 +1,153 @@
-"""`vod demo`: runs what exists of the system locally, one command.
+"""`vod demo`: a whole local system in one command.
 
-Until the streaming system lands (issues 3-5) the demo is the media round
-trip: make a synthetic movie, ingest it, verify it, export it, and check the
-exported AVI frame by frame against the store.
+Makes (or reuses) a sample movie, starts three coordinator replicas and four
+servers holding it, plays it with a client (an output AVI plus a URL to watch
+it live), prints the client's summary and the strategy, checks the output
+frame by frame against the store, and stops everything on exit or Ctrl-C:
+every child dies with this process (see `vod.procs`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
-from vod.media.ingest import export, ingest
+from vod.errors import VodError
+from vod.media.ingest import ingest
 from vod.media.store import MovieStore
 from vod.media.synthetic import make_movie, parse_size
 from vod.media.video import read_jpeg_frames
+from vod.procs import ProcessGroup, console_script, free_port
+from vod.secrets import write_secret
+
+HOST = "127.0.0.1"
+DOMAIN = "demo"
+MOVIE_ID = "sample"
+SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "media", "sample-240.avi")
+
+
+class DemoFailed(VodError):
+    pass
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="run a whole local system (today: the media round trip)",
-                       description="Run the local demo. Today it makes a synthetic movie, ingests it into a "
-                                   "store, verifies and exports it, and checks every exported frame against "
-                                   "the store's SHA-256.")
-    p.add_argument("--workdir", default=None, help="where to put the movie and store (default: a temp dir)")
-    p.add_argument("--frames", type=int, default=240, help="frames in the synthetic movie")
-    p.add_argument("--size", default="640x360", metavar="WxH", help="frame size")
-    p.add_argument("--fps", type=float, default=24.0, help="frame rate")
+    p = sub.add_parser("demo", help="run a whole local system: 3 coordinators, 4 servers, 1 client",
+                       description="Start three coordinator replicas and four servers on 127.0.0.1, play the "
+                                   "sample movie with a client (output AVI + a live URL), print the summary and "
+                                   "the strategy, then stop everything.")
+    p.add_argument("--workdir", default=None, help="where logs, the store and the output go (default: a temp dir)")
+    p.add_argument("--servers", type=int, default=4, help="how many servers")
+    p.add_argument("--frames", type=int, default=240, help="frames of the sample movie when one must be made")
+    p.add_argument("--size", default="640x360", metavar="WxH", help="size of a made sample movie")
+    p.add_argument("--fps", type=float, default=24.0, help="frame rate of a made sample movie")
+    p.add_argument("--fast", action="store_true", help="download as fast as possible instead of real time")
+    p.add_argument("--http-port", type=int, default=0, help="port of the live MJPEG URL (default: any free one)")
     p.set_defaults(func=cmd_demo)
 
 
-def cmd_demo(args) -> int:
-    workdir = args.workdir or tempfile.mkdtemp(prefix="vod-demo-")
-    os.makedirs(workdir, exist_ok=True)
-    source = os.path.join(workdir, "synthetic.avi")
-    exported = os.path.join(workdir, "exported.avi")
-    store = MovieStore(os.path.join(workdir, "store"))
-    movie_id = f"demo-{int(time.time())}"
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise DemoFailed(f"timed out after {timeout:.0f} s waiting for {what}")
 
+
+def admin(coordinators: str, secret_file: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(console_script("vod-admin") + ["--coordinators", coordinators, "--secret-file", secret_file,
+                                                         *args], capture_output=True, text=True, timeout=30)
+
+
+def status(coordinators: str, secret_file: str) -> dict | None:
+    r = admin(coordinators, secret_file, "status", "--json")
+    return json.loads(r.stdout) if r.returncode == 0 else None
+
+
+def prepare_store(workdir: str, args) -> MovieStore:
+    store = MovieStore(os.path.join(workdir, "store"))
+    if store.exists(MOVIE_ID):
+        return store
+    source = SAMPLE
+    if not os.path.exists(source):
+        source = os.path.join(workdir, "sample.avi")
+        make_movie(source, args.frames, parse_size(args.size), args.fps)
+    ingest(store, source, MOVIE_ID)
+    return store
+
+
+def cmd_demo(args) -> int:
+    workdir = os.path.abspath(args.workdir or tempfile.mkdtemp(prefix="vod-demo-"))
+    os.makedirs(workdir, exist_ok=True)
     t0 = time.monotonic()
-    make_movie(source, args.frames, parse_size(args.size), args.fps)
-    print(f"[1/4] made {source}: {args.frames} frames {args.size} @ {args.fps:g} fps")
-    info = ingest(store, source, movie_id)
-    print(f"[2/4] ingested as {movie_id} into {store.root}: {info.frame_count} frames, {info.frames_bytes:,} bytes")
-    with store.open(movie_id) as movie:
-        bad = movie.first_bad_frame()
-        print(f"[3/4] verified: {'all frames match' if bad is None else f'frame {bad} is bad'}")
-        export(store, movie_id, exported)
-        exported_frames = read_jpeg_frames(exported).frames
-        mismatches = sum(1 for i, jpeg in enumerate(exported_frames)
-                         if hashlib.sha256(jpeg).digest() != movie.frame_sha256(i))
-    print(f"[4/4] exported {exported}: {mismatches} frames differ from the store")
-    ok = bad is None and mismatches == 0
-    print(f"demo {'OK' if ok else 'FAILED'} in {time.monotonic() - t0:.1f}s; play it with: ffplay {exported}")
-    return 0 if ok else 1
+    store = prepare_store(workdir, args)
+    with store.open(MOVIE_ID) as movie:
+        info = movie.info
+    print(f"movie {MOVIE_ID}: {info.frame_count} frames {info.width}x{info.height} @ {info.fps:g} fps "
+          f"(store {store.root})")
+    secret_file = os.path.join(workdir, f"secret-{os.getpid()}")
+    write_secret(secret_file)
+    raft = [f"{HOST}:{free_port()}" for _ in range(3)]
+    listen = [f"{HOST}:{free_port()}" for _ in range(3)]
+    coordinators = ",".join(listen)
+    env = dict(os.environ, VOD_SECRET_FILE=secret_file)
+    with ProcessGroup() as group:
+        for i in range(3):
+            group.start(f"c{i + 1}", console_script("vod-coordinator") + [
+                "--id", f"c{i + 1}", "--raft", raft[i], "--peers", ",".join(raft), "--listen", listen[i],
+                "--data", os.path.join(workdir, f"coordinator-c{i + 1}")], os.path.join(workdir, f"c{i + 1}.log"),
+                env)
+        wait_until(lambda: (status(coordinators, secret_file) or {}).get("primary"), 20, "a primary coordinator")
+        print(f"coordinators: {coordinators} (logs in {workdir})")
+        for i in range(args.servers):
+            group.start(f"s{i + 1}", console_script("vod-server") + [
+                "--id", f"s{i + 1}", "--domain", DOMAIN, "--coordinators", coordinators, "--media", store.root,
+                "--listen", f"{HOST}:{free_port()}", "--capacity", "1"], os.path.join(workdir, f"s{i + 1}.log"), env)
+        wait_until(lambda: sum(m["kind"] == "server" for m in (status(coordinators, secret_file) or {})
+                               .get("members", [])) >= args.servers, 30, f"{args.servers} servers to join")
+        print(f"servers: {', '.join(f's{i + 1}' for i in range(args.servers))} joined domain {DOMAIN}")
+        output = os.path.join(workdir, "played.avi")
+        http_port = args.http_port or free_port()
+        cache = os.path.join(workdir, f"cache-{int(time.time())}")
+        argv = console_script("vod-client") + [
+            "play", MOVIE_ID, "--domain", DOMAIN, "--coordinators", coordinators, "--id", "viewer",
+            "--output", output, "--cache", cache, "--json"]
+        if args.fast:
+            argv.append("--fast")
+        else:
+            argv += ["--http", f"{HOST}:{http_port}", "--no-wait-viewer"]
+            print(f"watch it live: http://{HOST}:{http_port}/  (or: ffplay -f mpjpeg http://{HOST}:{http_port}/stream.mjpg)")
+        client = subprocess.run(argv, stdout=subprocess.PIPE, stderr=None, text=True, env=env, timeout=600)
+        if client.returncode != 0:
+            raise DemoFailed(f"the client failed (exit {client.returncode}); logs in {workdir}")
+        summary = json.loads(client.stdout.strip().splitlines()[-1])
+        print_summary(summary)
+        strategy = admin(coordinators, secret_file, "strategy", str(summary["ruid"]))
+        print(strategy.stdout.rstrip())
+        exact = check_output(store, output)
+        print(f"output {output}: {exact}")
+    print(f"demo finished in {time.monotonic() - t0:.1f} s; everything stopped. Play the file with: ffplay {output}")
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    per_server = ", ".join(f"{s}: {n}" for s, n in sorted(summary.get("per_server", {}).items()))
+    print(f"played RUID {summary['ruid']}: {summary['frames_received']}/{summary['frames_total']} frames received, "
+          f"startup {summary['startup_ms']:.0f} ms, {summary['stalls']} stalls ({summary['stall_ms']:.0f} ms), "
+          f"rebuffering {summary['rebuffer_ratio']:.1%}, {summary['duplicates']} duplicates; per server: {per_server}")
+
+
+def check_output(store: MovieStore, output: str) -> str:
+    with store.open(MOVIE_ID) as movie:
+        frames = list(read_jpeg_frames(output).frames)
+        bad = [i for i, data in enumerate(frames) if hashlib.sha256(data).digest() != movie.frame_sha256(i)]
+        if len(frames) != len(movie) or bad:
+            raise DemoFailed(f"{output} differs from the store: {len(frames)} frames, first bad "
+                             f"{bad[0] if bad else len(frames)}")
+        return f"all {len(frames)} frames identical to the store (SHA-256)"

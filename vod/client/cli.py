@@ -41,6 +41,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--output", metavar="OUT.avi", help="write the movie, frames unchanged, to this MJPEG AVI")
     p.add_argument("--http", metavar="HOST:PORT",
                    help="serve the movie as an MJPEG stream (and a page showing it) here; port 0 picks one")
+    p.add_argument("--no-wait-viewer", action="store_true",
+                   help="with --http: start playing at once, not when the first viewer connects")
     p.add_argument("--window", action="store_true", help="show the movie in an OpenCV window (needs a GUI build)")
     p.add_argument("--fast", action="store_true",
                    help="take frames as fast as the servers send them (no real-time pacing); not with --http "
@@ -58,6 +60,14 @@ def build_parser() -> ArgumentParser:
     add_secret_argument(p)
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
+
+
+def parse_listen(text: str, flag: str) -> tuple[str, int]:
+    """HOST:PORT to listen on; port 0 asks the system for a free one."""
+    host, sep, port = text.rpartition(":")
+    if sep and host and port == "0":
+        return host.strip("[]"), 0
+    return parse_addr(text, flag)
 
 
 def default_client_id() -> str:
@@ -134,9 +144,10 @@ class StatusLine:
 
 def _columns() -> int:
     try:
-        return os.get_terminal_size(sys.stderr.fileno()).columns
+        columns = os.get_terminal_size(sys.stderr.fileno()).columns
     except OSError:
-        return 100
+        columns = 0
+    return columns or 100  # 0: a pseudo-terminal that does not say
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -145,8 +156,11 @@ def _columns() -> int:
 def check_arguments(args) -> None:
     check_movie_id(args.movie)
     coordinators = parse_addr_list(args.coordinators, "--coordinators")
+    if args.output:
+        from vod.client.sinks import check_output_path
+        check_output_path(args.output)
     if args.http:
-        parse_addr(args.http, "--http")
+        parse_listen(args.http, "--http")
     if args.fast and (args.http or args.window):
         raise UsageError("--fast takes frames as fast as the servers send them, but --http and --window play "
                          "in real time: drop --fast, or use it with --output alone")
@@ -170,11 +184,12 @@ def cmd_play(args) -> int:
     window = WindowSink(f"vod: {args.movie}") if args.window else None  # exits 2 at once when headless
     http = None
     if args.http:
-        host, port = parse_addr(args.http, "--http")
-        http = HttpSink(reactor, host, port, f"vod: {args.movie}")
+        host, port = parse_listen(args.http, "--http")
+        http = HttpSink(reactor, host, port, f"vod: {args.movie}", wait_for_viewer=not args.no_wait_viewer)
         http.open()
+        when = "now" if args.no_wait_viewer else "when the first viewer connects"
         print(f"vod-client: watch {args.movie} at {http.url} (stream {http.url}stream.mjpg); "
-              "playback starts when the first viewer connects", file=sys.stderr, flush=True)
+              f"playback starts {when}", file=sys.stderr, flush=True)
     cache = None if args.no_cache else FrameCache(args.cache, args.movie)
 
     def member_factory(on_event):

@@ -23,7 +23,9 @@ The connection life is one state machine; its transitions are all in
     IDLE --start--> CONNECTING --connected--> STREAMING --end--> ENDED
     CONNECTING/STREAMING --lost--> WAITING --retry--> CONNECTING
     CONNECTING/STREAMING --gave_up--> FAILED
-    ENDED/FAILED/WAITING --reopen--> CONNECTING       (a new revision gives the server frames again)
+    ENDED --more--> STREAMING                         (the server sends again on the same connection:
+                                                       a restripe gave it frames, or we asked with RESEND)
+    ENDED/FAILED/WAITING --reopen--> CONNECTING       (the server owes frames and the connection is gone)
     ENDED --lost--> ENDED                             (the server may close once it is done)
     any but CLOSED --stop--> CLOSED
 
@@ -127,6 +129,7 @@ class ServerFeed:
         self.client_id = client_id
         self.revision = revision
         self.mask = mask
+        self.assigned = mask  # every frame any revision gave this server (a restripe's mask is only the rest)
         self.mode = "fast" if fast else "play"
         self._listener = listener
         self._connector = connector or tcp_connector(reactor)
@@ -166,35 +169,49 @@ class ServerFeed:
         if revision <= self.revision:
             return
         self.revision, self.mask = revision, mask
+        self.assigned = self.assigned | mask
         moved = address != self.address
         self.address = address
         owed = bool(mask - self._listener.held_mask())
         if moved and self.state in (FeedState.CONNECTING, FeedState.STREAMING):
             self._fire("lost", self._attempt, reason=f"server moved to {address}")
-        elif owed:
-            self.refetch()
+        elif owed and (self._link is None or moved):
+            # With the connection still open the server sends its new frames on it by itself.
+            self._failures = 0
+            self._fire("reopen")
 
     def refetch(self) -> None:
-        """Connect again with a fresh HELLO, so the server sends what it still owes (its frames not held)."""
-        if self.state in (FeedState.ENDED, FeedState.FAILED, FeedState.WAITING):
+        """Ask the server for what it still owes (its frames not held): with RESEND on the connection it keeps
+        open after END, else with a fresh HELLO on a new connection."""
+        if self.state is FeedState.ENDED and self._link is not None:
+            owed = list(self.mask - self._listener.held_mask())
+            if owed:
+                self.resends += len(owed)
+                self._link.send(wire.RESEND, {"frames": owed})
+        elif self.state in (FeedState.ENDED, FeedState.FAILED, FeedState.WAITING):
             self._failures = 0
             self._fire("reopen")
 
     def grant(self, until: int) -> None:
         """Let the server send frames below `until` (sent only when it moved)."""
-        if self.state is FeedState.STREAMING and until > self._credit_sent:
+        if self._talking and until > self._credit_sent:
             self._credit_sent = until
             self._link.send(wire.CREDIT, {"until": until})
 
     def pause(self) -> None:
         self._paused = True
-        if self.state is FeedState.STREAMING:
+        if self._talking:
             self._link.send(wire.PAUSE)
 
     def resume(self) -> None:
         self._paused = False
-        if self.state is FeedState.STREAMING:
+        if self._talking:
             self._link.send(wire.RESUME)
+
+    @property
+    def _talking(self) -> bool:
+        """HELLO said and the connection open; after END too, since a restripe may bring frames on it."""
+        return self._link is not None and self.state in (FeedState.STREAMING, FeedState.ENDED)
 
     @property
     def done(self) -> bool:
@@ -306,6 +323,7 @@ class ServerFeed:
         (FeedState.CONNECTING, "gave_up"): (FeedState.FAILED, (_drop_link, _give_up)),
         (FeedState.STREAMING, "gave_up"): (FeedState.FAILED, (_drop_link, _give_up)),
         (FeedState.WAITING, "retry"): (FeedState.CONNECTING, (_connect,)),
+        (FeedState.ENDED, "more"): (FeedState.STREAMING, ()),
         (FeedState.ENDED, "lost"): (FeedState.ENDED, (_drop_link,)),
         # dict.fromkeys, not comprehensions: a comprehension in a class body cannot see the outputs above.
         **dict.fromkeys([(state, "reopen") for state in (FeedState.ENDED, FeedState.FAILED, FeedState.WAITING)],
@@ -318,7 +336,7 @@ class ServerFeed:
 
     def _message(self, link: FeedProtocol, message: wire.FrameMessage) -> bool:
         """One decoded message; False when the connection was given up on (stop reading it)."""
-        if link.attempt != self._attempt or self.state is not FeedState.STREAMING:
+        if link.attempt != self._attempt or self.state not in (FeedState.STREAMING, FeedState.ENDED):
             return False
         if message.ruid != self.ruid and message.type != wire.ERROR:
             self._fire("lost", link.attempt, reason=f"the server sent RUID {message.ruid}, not {self.ruid}")
@@ -339,6 +357,8 @@ class ServerFeed:
         if message.type == wire.END:
             self._fire("end", link.attempt)
             return True
+        if self.state is FeedState.ENDED:
+            self._fire("more", link.attempt)
         if not message.checksum_ok():
             self._bad_copy(link, message.index)
             return True

@@ -274,7 +274,9 @@ class PlayoutBuffer:
         self.stats.startup_ms = (now - self._armed_at) * 1000.0
 
     def _startup_ready(self) -> bool:
-        """The first `startup_frames` frames to play (or all that remain) are in."""
+        """The first `startup_frames` frames to play (or all that remain) are in, or no more will come."""
+        if self._input_finished:
+            return True  # play what there is (perhaps nothing): waiting longer cannot help
         index, needed = self._playhead, self._startup_frames
         while needed and index < self.frame_count:
             if not self._held[index]:

@@ -118,7 +118,7 @@ class PlaybackSession:
         self._clock = clock or reactor
         self.movie_id = movie_id
         self.client_id = client_id
-        self.request_id = f"{client_id}-{uuid.uuid4().hex}"
+        self.request_id = uuid.uuid4().hex  # fresh per play; retries of the same OpenRequest reuse it
         self._member_factory = member_factory
         self._cache = cache
         self._worker = worker
@@ -155,7 +155,6 @@ class PlaybackSession:
         self._firing = False
         self._finished: Deferred | None = None
         self._finish_waiters: list[Deferred] = []
-        self.listeners: list[Callable[["PlaybackSession"], None]] = []  # told after every transition
 
     # -- public API ----------------------------------------------------------------------------------
 
@@ -241,8 +240,10 @@ class PlaybackSession:
             except VodError as err:
                 self._fire("fail", error=err)
                 break
-        for listener in self.listeners:
-            listener(self)
+            except Exception as err:  # a bug of ours: end the play cleanly rather than leave it hanging
+                log.exception("play %s: %s failed", self.request_id, output.__name__)
+                self._fire("fail", error=PlayFailed(f"internal error: {err}"))
+                break
 
     def _later(self, d: Deferred, then: str, **data: Any) -> None:
         """When `d` fires, feed `then` with its result as `result`; its failure feeds `fail`."""
@@ -366,17 +367,28 @@ class PlaybackSession:
 
     def _explain_refusal(self, failure):
         if failure.check(CoordinatorRefused):
-            text = failure.getErrorMessage()
-            if "no live server" in text:
-                raise PlayFailed(f"no live server holds movie {self.movie_id}: start a vod-server with it, or wait "
-                                 f"for one to rejoin ({text})")
-            raise PlayFailed(f"the coordinator refused: {text}")
+            raise self._refused(failure.getErrorMessage())
         if failure.check(GroupUnavailable):
             raise PlayFailed(f"lost the coordinators: {failure.getErrorMessage()}")
         return failure
 
+    def _refused(self, reason: str) -> PlayFailed:
+        """The error for a request the coordinator refused or ended, with what the user can do about it."""
+        kept = ("; the frames received so far are cached, so playing again fetches only the rest"
+                if self._cache is not None and self.buffer is not None and self.buffer.stats.frames_received
+                else "")
+        if "no live server" in reason:
+            return PlayFailed(f"no live server holds movie {self.movie_id}: start a vod-server with it, or wait "
+                              f"for one to rejoin ({reason}){kept}")
+        if self.ruid is None:
+            return PlayFailed(f"the coordinator refused the request: {reason}")
+        return PlayFailed(f"the coordinator ended request {self.ruid}: {reason}{kept}")
+
     def _await_strategy(self, result: dict, **_: Any) -> None:
         self.ruid = int(result["ruid"])
+        if result.get("state") in ("failed", "cancelled", "done"):
+            # A retried OpenRequest (after a failover) answers with the request as it is now.
+            raise self._refused(self.request_reason or f"the request is {result['state']}")
         self._timers["strategy"] = self._reactor.callLater(STRATEGY_PATIENCE, self._fire, "no_strategy")
         early = self._early.pop(self.ruid, None)
         self._early.clear()
@@ -524,10 +536,7 @@ class PlaybackSession:
 
     def _explain_ended(self, **_: Any) -> None:
         if self.error is None:
-            kept = ("; the frames received so far are cached, so playing again fetches only the rest"
-                    if self._cache is not None else "")
-            self.error = PlayFailed(f"the coordinator ended request {self.ruid}: "
-                                    f"{self.request_reason or 'its video group was dissolved'}{kept}")
+            self.error = self._refused(self.request_reason or "its video group was dissolved")
 
     def _abandon(self, **_: Any) -> None:
         """Stop everything; Cancel the request if the coordinator still thinks it is live."""
@@ -673,7 +682,7 @@ class PlaybackSession:
                        buffered=self.buffer.buffered_seconds(), playhead=self.buffer.playhead,
                        stalls=self.buffer.stats.stalls, stall_ms=self.buffer.stats.stall_ms,
                        per_server={s: {"received": self.buffer.stats.per_server.get(s, 0),
-                                       "assigned": f.mask.count(), "state": f.state.value}
+                                       "assigned": f.assigned.count(), "state": f.state.value}
                                    for s, f in sorted(self.feeds.items())})
         return out
 

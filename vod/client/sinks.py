@@ -36,6 +36,17 @@ WRITE_SLACK = 4 * 1024 * 1024  # what FFmpeg may still hold in its buffers
 # -- the MJPEG AVI file -----------------------------------------------------------------------------
 
 
+def check_output_path(path: str) -> None:
+    """What can be said of an output path before anything is written (the CLI asks at once)."""
+    if not path.lower().endswith(".avi"):
+        raise UsageError(f"--output {path}: must be an .avi file (Motion-JPEG in AVI)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"--output {path}: directory {parent} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"--output {path}: is a directory")
+
+
 class MjpegAviWriter:
     """JPEG frames, unchanged, into an MJPEG AVI, one at a time; atomic: the real name appears only on `close`.
 
@@ -47,13 +58,7 @@ class MjpegAviWriter:
     """
 
     def __init__(self, path: str, fps: float, size: tuple[int, int] | None = None):
-        if not path.lower().endswith(".avi"):
-            raise UsageError(f"--output {path}: must be an .avi file (Motion-JPEG in AVI)")
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise UsageError(f"--output {path}: directory {parent} does not exist")
-        if os.path.isdir(path):
-            raise UsageError(f"--output {path}: is a directory")
+        check_output_path(path)
         self.path = path
         self.partial = path[:-4] + f".{os.getpid()}.partial.avi"
         self.fps = fps
@@ -65,7 +70,8 @@ class MjpegAviWriter:
             with open(self.partial, "wb"):
                 pass
         except OSError as err:
-            raise UsageError(f"--output {path}: cannot create a file in {parent} ({err.strerror})") from None
+            raise UsageError(f"--output {path}: cannot create a file in {os.path.dirname(os.path.abspath(path))} "
+                             f"({err.strerror})") from None
 
     def _open_writer(self, first: bytes) -> None:
         import cv2
@@ -249,7 +255,7 @@ class HttpSink:
     threaded = False
     name = "http"
 
-    def __init__(self, reactor, host: str, port: int, title: str):
+    def __init__(self, reactor, host: str, port: int, title: str, wait_for_viewer: bool = True):
         self._reactor = reactor
         self.host, self.port = host, port
         self._root = resource.Resource()
@@ -259,7 +265,8 @@ class HttpSink:
         self._root.putChild(b"index.html", page)
         self._listening = None
         self._viewers: list[_Viewer] = []
-        self.ready: Deferred = Deferred()
+        # Waiting lets whoever opens the URL see the movie from frame 0; a demo plays at once instead.
+        self.ready: Deferred = Deferred() if wait_for_viewer else defer.succeed(None)
         self.closed = False
         self.viewers_total = 0
         self.frames_sent = 0
@@ -313,12 +320,7 @@ class HttpSink:
         self._viewers.clear()
         return self._stop_listening()
 
-    def abort(self) -> Deferred:
-        self.closed = True
-        for viewer in list(self._viewers):
-            viewer.finish()
-        self._viewers.clear()
-        return self._stop_listening()
+    abort = close  # a viewer's stream ends the same way whether the movie finished or not
 
     def _stop_listening(self) -> Deferred:
         if self._listening is None:
