@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
     p.add_argument("--fps", type=float, default=24.0, help="frame rate of a made sample movie")
     p.add_argument("--fast", action="store_true", help="download as fast as possible instead of real time")
     p.add_argument("--http-port", type=int, default=0, help="port of the live MJPEG URL (default: any free one)")
+    p.add_argument("--chaos", action="store_true",
+                   help="during playback, SIGKILL a server (at 30%% of the movie) and then the primary "
+                        "coordinator (at 60%%), and show that the movie still arrives whole")
     p.set_defaults(func=cmd_demo)
 
 
@@ -123,10 +126,18 @@ def cmd_demo(args) -> int:
         else:
             argv += ["--http", f"{HOST}:{http_port}", "--no-wait-viewer"]
             print(f"watch it live: http://{HOST}:{http_port}/  (or: ffplay -f mpjpeg http://{HOST}:{http_port}/stream.mjpg)")
-        client = subprocess.run(argv, stdout=subprocess.PIPE, stderr=None, text=True, env=env, timeout=600)
+        client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=None, text=True, env=env)
+        try:
+            if args.chaos:
+                chaos(group, client, info.frame_count / info.fps, coordinators, secret_file)
+            stdout, _ = client.communicate(timeout=600)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
         if client.returncode != 0:
             raise DemoFailed(f"the client failed (exit {client.returncode}); logs in {workdir}")
-        summary = json.loads(client.stdout.strip().splitlines()[-1])
+        summary = json.loads(stdout.strip().splitlines()[-1])
         print_summary(summary)
         strategy = admin(coordinators, secret_file, "strategy", str(summary["ruid"]))
         print(strategy.stdout.rstrip())
@@ -134,6 +145,28 @@ def cmd_demo(args) -> int:
         print(f"output {output}: {exact}")
     print(f"demo finished in {time.monotonic() - t0:.1f} s; everything stopped. Play the file with: ffplay {output}")
     return 0
+
+
+def chaos(group: ProcessGroup, client: subprocess.Popen, duration: float, coordinators: str,
+          secret_file: str) -> None:
+    """Kill a server at 30% of the movie and the primary coordinator at 60%, while the client plays."""
+    started = time.monotonic()
+
+    def at(fraction: float) -> bool:
+        while time.monotonic() - started < fraction * duration:
+            if client.poll() is not None:
+                return False
+            time.sleep(0.05)
+        return True
+
+    if at(0.3):
+        group.kill("s2")
+        print(f"chaos: t={time.monotonic() - started:.1f}s SIGKILL server s2")
+    if at(0.6):
+        primary = (status(coordinators, secret_file) or {}).get("primary")
+        if primary:
+            group.kill(primary)
+            print(f"chaos: t={time.monotonic() - started:.1f}s SIGKILL primary coordinator {primary}")
 
 
 def print_summary(summary: dict) -> None:
