@@ -38,7 +38,6 @@ from __future__ import annotations
 import base64
 import enum
 import logging
-from collections import deque
 from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
@@ -47,6 +46,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 
+from vod.statemachine import SerialInputs
 from vod.groups.member import Backoff, parse_address
 from vod.stream import protocol as wire
 from vod.strategy.mask import FrameMask
@@ -116,7 +116,7 @@ class FeedProtocol(TwistedProtocol):
         self.feed._fire("lost", self.attempt, reason=f"connection lost: {reason.getErrorMessage() if reason else ''}")
 
 
-class ServerFeed:
+class ServerFeed(SerialInputs):
     """The frames of one server for one RUID. `revision` and `mask` follow the newest strategy."""
 
     def __init__(self, reactor, server_id: str, address: str, ruid: int, client_id: str, listener: FeedListener,
@@ -147,8 +147,6 @@ class ServerFeed:
         self._paused = False
         self._bad_copies: dict[int, int] = {}
         self._fenced: set[int] = set()  # frames ignored as stale, to ask for again
-        self._inputs: deque = deque()
-        self._firing = False
         # counters for the summary
         self.bad_frames = 0
         self.stale_frames = 0
@@ -219,17 +217,6 @@ class ServerFeed:
         return self.state in (FeedState.ENDED, FeedState.FAILED, FeedState.CLOSED)
 
     # -- the state machine ---------------------------------------------------------------------------
-
-    def _fire(self, input: str, attempt: int | None = None, **data: Any) -> None:
-        self._inputs.append((input, attempt, data))
-        if self._firing:
-            return
-        self._firing = True
-        try:
-            while self._inputs:
-                self._transition(*self._inputs.popleft())
-        finally:
-            self._firing = False
 
     def _transition(self, input: str, attempt: int | None, data: dict[str, Any]) -> None:
         if attempt is not None and attempt != self._attempt:

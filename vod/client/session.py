@@ -30,7 +30,6 @@ import base64
 import enum
 import logging
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -38,6 +37,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
+from vod.statemachine import SerialInputs
 from vod.client.cache import FrameCache, MovieMeta
 from vod.client.feed import Connector, FeedState, ServerFeed
 from vod.client.playout import DEFAULT_LEAD, Arrival, PlayoutBuffer
@@ -103,7 +103,7 @@ class PlayResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-class PlaybackSession:
+class PlaybackSession(SerialInputs):
     """Play `movie_id` as member `client_id`: `start()` returns a Deferred that fires with a `PlayResult`.
 
     `member_factory(on_event)` makes the GroupMember (called only if the cache
@@ -151,8 +151,6 @@ class PlaybackSession:
         self._pumping = False
         self._pump_again = False
         self._settle_since: float | None = None
-        self._inputs: deque = deque()
-        self._firing = False
         self._finished: Deferred | None = None
         self._finish_waiters: list[Deferred] = []
 
@@ -215,18 +213,7 @@ class PlaybackSession:
 
     # -- the state machine ---------------------------------------------------------------------------
 
-    def _fire(self, input: str, **data: Any) -> None:
-        self._inputs.append((input, data))
-        if self._firing:
-            return
-        self._firing = True
-        try:
-            while self._inputs:
-                self._transition(*self._inputs.popleft())
-        finally:
-            self._firing = False
-
-    def _transition(self, input: str, data: dict[str, Any]) -> None:
+    def _transition(self, input: str, attempt: int | None, data: dict[str, Any]) -> None:
         transition = self._TRANSITIONS.get((self.state, input))
         if transition is None:
             log.debug("play %s: %s ignored in state %s", self.request_id, input, self.state)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections import deque
 from typing import Any, Callable, Iterable
 
 from twisted.internet import defer, error
@@ -37,6 +36,7 @@ from twisted.internet.task import LoopingCall
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
+from vod.statemachine import SerialInputs
 from vod.errors import UsageError, VodError
 from vod.groups import wire
 from vod.groups.delivery import DeliveryGap, DeliveryLog
@@ -202,7 +202,7 @@ def _is_link_trouble(failure: Failure) -> bool:
 # -- the member ---------------------------------------------------------------------------------------
 
 
-class GroupMember:
+class GroupMember(SerialInputs):
     """A member of one domain: joined through whichever coordinator is primary, events in order.
 
     `start()` fires with the join answer's view once joined. It does not time
@@ -251,8 +251,6 @@ class GroupMember:
         self._incarnated = False  # a Join went through: the coordinator knows us, Resume is the way back
 
         self._state = State.IDLE
-        self._inputs: deque[tuple[str, int | None, dict[str, Any]]] = deque()
-        self._firing = False
         self._attempt = 0
         self._connecting: Deferred | None = None
         self._link: _CoordinatorLink | None = None
@@ -328,21 +326,6 @@ class GroupMember:
         return self._command(command, lambda: dict(arguments))
 
     # -- the state machine -------------------------------------------------------------------------
-
-    def _fire(self, input: str, attempt: int | None = None, **data: Any) -> None:
-        """Feed one input to the state machine; `attempt` ties it to a connection attempt."""
-        # Outputs fire inputs themselves (a connection fails while we drop
-        # it, a callback fires synchronously); queueing them keeps every
-        # transition whole.
-        self._inputs.append((input, attempt, data))
-        if self._firing:
-            return
-        self._firing = True
-        try:
-            while self._inputs:
-                self._transition(*self._inputs.popleft())
-        finally:
-            self._firing = False
 
     def _transition(self, input: str, attempt: int | None, data: dict[str, Any]) -> None:
         if attempt is not None and attempt != self._attempt:
