@@ -380,3 +380,15 @@ def test_fuzz_mutated_encodings(m, edits):
             del data[i]
     valid_or_mask_error(bytes(data))
     valid_or_mask_error(bytes(data), max_length=len(m))
+
+
+@given(st.lists(st.booleans(), max_size=300))
+def test_from_packed_matches_the_flags(flags):
+    import numpy as np
+    mask = FrameMask.from_packed(len(flags), np.packbits(np.array(flags, dtype=bool)).tobytes())
+    assert list(mask) == [i for i, f in enumerate(flags) if f] and len(mask) == len(flags)
+
+
+def test_from_packed_refuses_a_wrong_size():
+    with pytest.raises(MaskError):
+        FrameMask.from_packed(9, b"\x00")

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from bitarray import frozenbitarray
+from bitarray import bitarray, frozenbitarray
 from bitarray.util import any_and, deserialize, intervals, sc_decode, sc_encode, serialize, subset, zeros
 
 from vod.errors import MaskError
@@ -87,6 +87,17 @@ class FrameMask:
         return mask
 
     # -- construction -----------------------------------------------------
+
+    @classmethod
+    def from_packed(cls, length: int, packed: bytes) -> FrameMask:
+        """Frames from big-endian packed bits (frame 0 = the first byte's high bit), as numpy.packbits gives."""
+        _check_length(length)
+        if len(packed) != (length + 7) // 8:
+            raise MaskError(f"{len(packed)} packed bytes cannot hold exactly {length} frames")
+        bits = bitarray(endian=_ENDIAN)
+        bits.frombytes(bytes(packed))
+        del bits[length:]
+        return cls._wrap(bits)
 
     @classmethod
     def full(cls, length: int) -> FrameMask:
