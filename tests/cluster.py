@@ -232,13 +232,13 @@ class Cluster:
         self._close_log(r)
 
     def pause(self, rid: str, timeout: float = 5.0) -> float:
-        """SIGSTOP; returns the time (time.time()) by which the process was seen stopped."""
+        """SIGSTOP; returns the time (time.time()) by which every thread of it was seen stopped."""
         r = self.replicas[rid]
         assert r.running, f"{rid} is not running"
         self._event("pause", rid)
         r.proc.send_signal(signal.SIGSTOP)
         r.paused = True
-        wait_for(lambda: _proc_state(r.proc.pid) in ("T", "t", None), timeout, f"{rid} to stop", interval=0.001)
+        wait_for(lambda: _all_threads_stopped(r.proc.pid), timeout, f"{rid} to stop", interval=0.001)
         now = time.time()
         self._event("paused", rid)
         return now
@@ -377,10 +377,19 @@ class Cluster:
         return "\n".join(parts)
 
 
-def _proc_state(pid: int) -> str | None:
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of `pid` in state T (a group stop reaches each thread on its own), or the process gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True
+    return all(_proc_state(pid, tid) in ("T", "t", None) for tid in tids)
+
+
+def _proc_state(pid: int, tid: str | None = None) -> str | None:
     """The one-letter state from /proc/PID/stat (None if the process is gone)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return None
@@ -420,6 +429,20 @@ def overlaps(intervals: dict[str, list[tuple[float, float, int]]]) -> list[tuple
             if b[2] != a[2]:
                 found.append((a, b))
     return found
+
+
+def acting_at(intervals: dict[str, list[tuple[float, float, int]]], t: float) -> set[str]:
+    """Replicas acting at instant `t` (intervals are half-open: [start, end))."""
+    return {rid for rid, ivs in intervals.items() if any(start <= t < end for start, end, _ in ivs)}
+
+
+def acting_alone(intervals: dict[str, list[tuple[float, float, int]]], rid: str, lo: float, hi: float) -> bool:
+    """Whether there is an instant in [lo, hi] at which `rid` acts and no other replica does."""
+    points = {lo, hi} | {x for ivs in intervals.values() for start, end, _ in ivs for x in (start, end)
+                         if lo <= x <= hi}
+    ordered = sorted(points)
+    candidates = ordered + [(a + b) / 2 for a, b in zip(ordered, ordered[1:])]
+    return any(acting_at(intervals, t) == {rid} for t in candidates)
 
 
 @pytest.fixture

@@ -237,3 +237,7 @@ def entry(argv: Sequence[str]) -> int:
 
 def main() -> int:
     return run(entry, prog="vod-admin")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

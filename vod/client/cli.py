@@ -272,3 +272,7 @@ def entry(argv: Sequence[str]) -> int:
 
 def main() -> int:
     return run(entry, prog="vod-client")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

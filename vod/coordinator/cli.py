@@ -94,3 +94,7 @@ def entry(argv: Sequence[str]) -> int:
 
 def main() -> int:
     return run(entry, prog="vod-coordinator")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -32,12 +32,14 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replic
 # pysyncobj's clock (CLOCK_MONOTONIC_RAW here, not time.monotonic): its response times are on it.
 from pysyncobj.monotonic import monotonic as raft_clock
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from vod.errors import VodError
 
 log = logging.getLogger(__name__)
 
 FOLLOWER, CANDIDATE, LEADER = 0, 1, 2
+PROPOSE_TIMEOUT = 2.0
 
 
 class StateMachine(Protocol):
@@ -223,22 +225,23 @@ class RaftLog:
             log.warning("tick thread was stalled %.3f s: not acting as primary for %.3f s",
                         now - self._last_tick, self._blackout)
         self._last_tick = now
-        confirmed = view.role == LEADER and now >= self._blackout_until and self._majority_answered(node)
+        answered_at = self._majority_answered_at(node) if view.role == LEADER and now >= self._blackout_until \
+            else float("-inf")
         with self._view_lock:
             changed = self._last_view is None or _roles_differ(self._last_view, view)
             self._last_view = view
-            if confirmed:
-                self._confirmed_at = raft_clock()
+            self._confirmed_at = max(self._confirmed_at, answered_at) if view.role == LEADER else float("-inf")
         if changed and self._on_view is not None:
             self.reactor.callFromThread(self._on_view, view)
 
-    def _majority_answered(self, node: _Node) -> bool:
+    def _majority_answered_at(self, node: _Node) -> float:
+        """When the latest majority (counting ourselves) had answered: the lease runs from then, not from now."""
         # pysyncobj keeps per-peer response times privately; we pin its version (see pyproject.toml).
         last = getattr(node, "_SyncObj__lastResponseTime", {})
-        deadline = raft_clock() - self._lease
         others = node.otherNodes
-        answered = 1 + sum(1 for n in others if last.get(n, float("-inf")) > deadline)
-        return answered > (len(others) + 1) / 2
+        times = sorted((last.get(n, float("-inf")) for n in others), reverse=True)
+        need = (len(others) + 1) // 2  # answers besides our own that make a majority
+        return times[need - 1] if need else raft_clock()
 
     # -- called on the reactor thread -------------------------------------------------------------
 
@@ -269,13 +272,21 @@ class RaftLog:
             return d
         text = json.dumps(command, separators=(",", ":"), sort_keys=True)
 
+        def settle(fire, value):
+            if not d.called:  # a late outcome after the timeout below is dropped
+                fire(value)
+
         def done(result, error):
             if error == FAIL_REASON.SUCCESS:
-                self.reactor.callFromThread(d.callback, result)
+                self.reactor.callFromThread(settle, d.callback, result)
             else:
-                self.reactor.callFromThread(d.errback, NotCommitted(f"not committed: {_fail_reason(error)}"))
+                self.reactor.callFromThread(settle, d.errback, NotCommitted(f"not committed: {_fail_reason(error)}"))
 
         self._consumer.apply_json(text, callback=done)
+        # A leader that steps down with proposals past its commit index truncates them and never calls
+        # back; without a bound the member's request would hang for good.
+        d.addTimeout(PROPOSE_TIMEOUT, self.reactor,
+                     onTimeoutCancel=lambda result, timeout: Failure(NotCommitted(f"no outcome within {timeout:g} s")))
         return d
 
     def read(self, fn: Callable[[StateMachine], Any]) -> Any:

@@ -117,3 +117,7 @@ def entry(argv: Sequence[str]) -> int:
 
 def main() -> int:
     return run(entry, prog="vod-server")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
