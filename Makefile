@@ -24,6 +24,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/media_read.py
+	$(PY) bench/failover.py
+	$(PY) bench/strategy.py
+	$(PY) bench/playback.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
