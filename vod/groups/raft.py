@@ -225,12 +225,17 @@ class RaftLog:
             log.warning("tick thread was stalled %.3f s: not acting as primary for %.3f s",
                         now - self._last_tick, self._blackout)
         self._last_tick = now
-        answered_at = self._majority_answered_at(node) if view.role == LEADER and now >= self._blackout_until \
-            else float("-inf")
+        # Confirmed now when a majority answered within the lease. Anchoring the lease on the answer
+        # time itself would be stricter under a network partition (a cut-off leader acts up to one
+        # lease longer here, bounded by pysyncobj's own 0.15 s fallback), but it made a loaded primary
+        # flap on this 2-core machine; see ARCHITECTURE.md.
+        confirmed = (view.role == LEADER and now >= self._blackout_until
+                     and now - self._majority_answered_at(node) < self._lease)
         with self._view_lock:
             changed = self._last_view is None or _roles_differ(self._last_view, view)
             self._last_view = view
-            self._confirmed_at = max(self._confirmed_at, answered_at) if view.role == LEADER else float("-inf")
+            if confirmed:
+                self._confirmed_at = now
         if changed and self._on_view is not None:
             self.reactor.callFromThread(self._on_view, view)
 
