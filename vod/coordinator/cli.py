@@ -38,6 +38,10 @@ def build_parser() -> ArgumentParser:
                    help="seconds without a heartbeat after which a member is excluded")
     p.add_argument("--grace", type=float, default=2.0,
                    help="seconds a new primary waits before excluding anyone")
+    p.add_argument("--max-servers", type=int, default=4,
+                   help="the most servers one strategy stripes a movie across")
+    p.add_argument("--policy", default="weighted", choices=["weighted", "interleave"],
+                   help="shares by declared capacity (weighted) or equal shares (interleave)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -55,6 +59,8 @@ def entry(argv: Sequence[str]) -> int:
             raise UsageError("--peers is required (the Raft addresses of all three voters)")
         coordinators, peers = [], parse_addr_list(args.peers, "--peers")
     secret = read_secret(args.secret_file)
+    if not 1 <= args.max_servers <= 255:
+        raise UsageError("--max-servers must be 1..255")
     if args.failure_timeout <= 0 or args.grace < 0:
         raise UsageError("--failure-timeout must be > 0 and --grace >= 0")
     try:
@@ -71,7 +77,7 @@ def entry(argv: Sequence[str]) -> int:
                                  listen=args.listen, secret=secret, data_dir=args.data,
                                  failure_timeout=args.failure_timeout, grace=args.grace, standby=args.standby,
                                  coordinators=coordinators, replace_after=args.replace_after,
-                                 clock=MonotonicClock())
+                                 clock=MonotonicClock(), policy=args.policy, max_servers=args.max_servers)
     failed = []
 
     def start():

@@ -461,7 +461,8 @@ class GroupMember(SerialInputs):
                 target = self._coordinators.advance()
         # The first failure after a join is news; the retries that follow are routine.
         level = logging.WARNING if self._backoff.fresh else logging.INFO
-        delay = self._backoff.next()
+        # Redirected to a named primary that is not the one that just failed us: go at once.
+        delay = 0.0 if self.primary and target != failed and self._backoff.fresh else self._backoff.next()
         log.log(level, "%s: %s (%s); reconnecting to %s in %.2f s",
                 self.member_id, reason or "connection failed", failed, target, delay)
         self._retry = self._reactor.callLater(delay, self._fire, "retry")
