@@ -32,7 +32,8 @@ def build_parser() -> ArgumentParser:
         "Play MOVIE_ID: ask the coordinator for the frames not in the cache, take them from the servers of the "
         "strategy it assigns, play them at the movie's frame rate into the chosen outputs, keep them in the "
         "cache, and report CDONE. A movie wholly in the cache plays without any server. With --http, playback "
-        "starts when the first viewer opens the URL, so the viewer sees the movie from its start."))
+        "starts when the first viewer opens the URL, so the viewer sees the movie from its start. On a "
+        "terminal, p or space pauses and resumes (the servers stop sending meanwhile); SIGUSR1 does the same."))
     p.add_argument("movie", metavar="MOVIE_ID", help="the movie's id in the domain's catalogue")
     p.add_argument("--domain", required=True, help="the domain (group of servers and clients) to join")
     p.add_argument("--coordinators", required=True, metavar="HOST:PORT,...",
@@ -150,6 +151,86 @@ def _columns() -> int:
     return columns or 100  # 0: a pseudo-terminal that does not say
 
 
+# -- pause and resume: keys on a terminal, SIGUSR1 ---------------------------------------------------
+
+PAUSE_KEYS = (b"p", b"P", b" ")
+
+
+class KeyReader:
+    """Single keys from a terminal on the reactor (an IReadDescriptor on stdin): p or space toggles pause.
+
+    The terminal goes to cbreak mode (keys come one by one, unechoed, Ctrl-C still interrupts) while the
+    reader runs; `stop()` puts the mode back, and is safe to call more than once."""
+
+    def __init__(self, reactor, fd: int, on_toggle):
+        import termios
+        import tty
+
+        self._reactor = reactor
+        self._fd = fd
+        self._on_toggle = on_toggle
+        self._saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd, termios.TCSANOW)
+        reactor.addReader(self)
+
+    @classmethod
+    def for_stdin(cls, reactor, on_toggle) -> "KeyReader | None":
+        """A reader of stdin when it is a terminal (and we run in its foreground); None otherwise."""
+        try:
+            fd = sys.stdin.fileno()
+            if not os.isatty(fd) or os.tcgetpgrp(fd) != os.getpgrp():
+                return None
+            return cls(reactor, fd, on_toggle)
+        except (OSError, ValueError, AttributeError, ImportError):
+            return None
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def logPrefix(self) -> str:
+        return "vod-client keys"
+
+    def doRead(self):
+        try:
+            data = os.read(self._fd, 64)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self.stop()  # the terminal went away: no more keys
+            return None
+        for key in (data[i:i + 1] for i in range(len(data))):
+            if key in PAUSE_KEYS:
+                self._on_toggle()
+        return None
+
+    def connectionLost(self, reason) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._saved is None:
+            return
+        import termios
+
+        saved, self._saved = self._saved, None
+        self._reactor.removeReader(self)
+        try:
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, saved)
+        except (OSError, termios.error):
+            pass
+
+
+def install_pause_signal(reactor, on_toggle):
+    """SIGUSR1 toggles pause (the hook for scripts, tests and `vod demo`); returns a function undoing it."""
+    import signal
+
+    if not hasattr(signal, "SIGUSR1"):
+        return lambda: None
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: reactor.callFromThread(on_toggle))
+    return lambda: signal.signal(signal.SIGUSR1, previous)
+
+
 # -- the command ------------------------------------------------------------------------------------
 
 
@@ -221,6 +302,7 @@ def cmd_play(args) -> int:
             reactor.stop()
 
     def start():
+        outcome["keys"] = KeyReader.for_stdin(reactor, session.toggle_pause)
         if line is not None:
             from twisted.internet.task import LoopingCall
             ticker = LoopingCall(show_status)
@@ -238,9 +320,13 @@ def cmd_play(args) -> int:
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
+    undo_signal = install_pause_signal(reactor, session.toggle_pause)
     try:
         reactor.run()
     finally:
+        undo_signal()
+        if outcome.get("keys") is not None:
+            outcome["keys"].stop()  # the terminal's mode as it was
         if line is not None:
             line.clear()
         worker.stop()

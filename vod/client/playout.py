@@ -261,6 +261,10 @@ class PlayoutBuffer:
             return
         pause = self._clock.seconds() - self._paused_at
         self._paused_at = None
+        if self._start is None:
+            # Paused before playback began: the schedule starts from now, nothing to shift.
+            self._maybe_start(self._clock.seconds())
+            return
         self._pause_total += pause
         if self._stall_began is not None:
             self._stall_began += pause  # a pause is not stall time

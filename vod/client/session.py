@@ -153,6 +153,7 @@ class PlaybackSession(SerialInputs):
         self._settle_since: float | None = None
         self._finished: Deferred | None = None
         self._finish_waiters: list[Deferred] = []
+        self._pause_wanted = False  # pause() came before the buffer: applied by _prepare_play
 
     # -- public API ----------------------------------------------------------------------------------
 
@@ -177,21 +178,47 @@ class PlaybackSession(SerialInputs):
         self._fire("cancel")
 
     def pause(self) -> None:
+        """Hold the playhead (no stall counted) and tell every server to stop sending (PAUSE).
+
+        Before the buffer exists the wish is kept and applied once it does; feeds opened while paused (a
+        restripe) start paused."""
+        if self.paused or self.state in FINAL:
+            return
+        self._pause_wanted = True
         if self.buffer is not None:
             self.buffer.pause()
             for feed in self.feeds.values():
                 feed.pause()
+            self._cancel_timer("pump")
+        log.info("paused at frame %s: %s", self.buffer.playhead if self.buffer else "-", self._counts())
 
     def resume(self) -> None:
+        """Move the playhead again and tell the servers to go on (RESUME)."""
+        if not self.paused:
+            return
+        self._pause_wanted = False
         if self.buffer is not None:
             self.buffer.resume()
             for feed in self.feeds.values():
                 feed.resume()
-            self._pump()
+        log.info("resumed at frame %s: %s", self.buffer.playhead if self.buffer else "-", self._counts())
+        self._pump()
+
+    def toggle_pause(self) -> None:
+        """The terminal's p or space, and SIGUSR1."""
+        if self.paused:
+            self.resume()
+        else:
+            self.pause()
 
     @property
     def paused(self) -> bool:
-        return self.buffer is not None and self.buffer.paused
+        return self._pause_wanted if self.buffer is None else self.buffer.paused
+
+    def _counts(self) -> str:
+        if self.buffer is None:
+            return "received 0"
+        return f"received {self.buffer.stats.frames_received}, played {self.buffer.stats.frames_played}"
 
     def on_event(self, event) -> None:
         """The GroupMember's `on_event`."""
@@ -321,6 +348,8 @@ class PlaybackSession(SerialInputs):
         self.buffer = PlayoutBuffer(meta.frame_count, meta.fps, wanted, held, self._clock, lead=self.options.lead,
                                     buffer_frames=self.options.buffer_frames, startup_frames=startup,
                                     fast=self.options.fast, gated=gated)
+        if self._pause_wanted:
+            self.buffer.pause()
         read = self._cache.read if self._cache is not None else None
         self._player = Player(self._worker, self.sinks, read, lambda err: self._fire("fail", error=err),
                               self._pump)
@@ -411,6 +440,8 @@ class PlaybackSession(SerialInputs):
                                   revision=event.revision, mask=mask, fast=self.options.fast,
                                   connector=self._connector, max_retries=self.options.feed_retries)
                 self.feeds[server] = feed
+                if self.paused:
+                    feed.pause()  # remembered: its HELLO is followed by PAUSE
                 feed.start()
             else:
                 feed.update(event.revision, mask, address)

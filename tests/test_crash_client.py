@@ -1,0 +1,43 @@
+"""Issue 6, a client crash without a stall anywhere: real processes, the client SIGKILLed mid-movie.
+
+3 coordinators, 2 `vod-server`s, a real-time `vod-client play` of a ten-second movie. Once both servers
+stream, the client is SIGKILLed. Within the failure timeout (plus a bound) its request is `failed` in
+`vod-admin requests`, its video group is gone from `vod-admin groups`, and each server's stream of that RUID
+ended no later than a second after the server heard of the dissolution (from the servers' timestamped logs).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cluster import wait_for
+from test_crash_support import CrashSystem, assert_cleaned_up_after_crash
+
+
+@pytest.fixture
+def system(tmp_path):
+    s = CrashSystem(tmp_path, servers=2)
+    try:
+        s.start()
+        yield s
+    finally:
+        s.stop_all()
+
+
+def test_client_killed_mid_movie_is_cleaned_up(system):
+    system.play()
+    request = wait_for(lambda: (r := system.request_of()) and r["state"] == "streaming" and r, 30,
+                       "the request streaming", interval=0.2, describe=system.describe)
+    ruid = request["ruid"]
+    assert sorted(request["servers"]) == system.server_ids
+    wait_for(lambda: all(system.stream_starts(sid, ruid) for sid in system.server_ids), 10,
+             "both servers streaming", interval=0.1, describe=system.describe)
+    time.sleep(1.0)  # into the movie: it is ten seconds long
+    assert system.procs["client"].poll() is None
+
+    killed_at = system.kill("client")
+    assert_cleaned_up_after_crash(system, ruid, killed_at)
+    # Nothing else went: the servers are still members, ready for the next client.
+    assert system.live_servers() == set(system.server_ids)
