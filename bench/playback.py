@@ -70,6 +70,7 @@ from vod.groups.probe import Probe  # noqa: E402
 from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
 from vod.procs import ProcessGroup, console_script, free_port  # noqa: E402
+from vod.procs import wait_until as procs_wait_until  # noqa: E402
 from vod.secrets import read_secret, write_secret  # noqa: E402
 from vod.server.cli import parse_rate  # noqa: E402
 
@@ -281,13 +282,7 @@ class System:
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return procs_wait_until(predicate, timeout, what, interval, error=RuntimeError)
 
 
 # -- one client run ------------------------------------------------------------------------------------------

@@ -13,17 +13,13 @@ import time
 import pytest
 
 from cluster import wait_for
-from test_crash_support import CrashSystem, assert_cleaned_up_after_crash
+from test_crash_support import assert_cleaned_up_after_crash, running_system
 
 
 @pytest.fixture
 def system(tmp_path):
-    s = CrashSystem(tmp_path, servers=2)
-    try:
-        s.start()
+    with running_system(tmp_path, servers=2) as s:
         yield s
-    finally:
-        s.stop_all()
 
 
 def test_client_killed_mid_movie_is_cleaned_up(system):

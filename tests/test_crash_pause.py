@@ -22,7 +22,7 @@ import pytest
 
 from cluster import wait_for
 from test_client_session import FRAMES, Harness, jpeg, run_for, stream_all, strategy_event
-from test_crash_support import CrashSystem, assert_cleaned_up_after_crash
+from test_crash_support import assert_cleaned_up_after_crash, running_system
 from vod.client.cli import KeyReader, install_pause_signal
 from vod.client.session import PlayState
 from vod.strategy.mask import FrameMask
@@ -161,14 +161,10 @@ PAUSED_FOR = 2.5  # seconds; the servers, unpaused, would send about 90 frames m
 
 @pytest.fixture
 def system(tmp_path):
-    s = CrashSystem(tmp_path, servers=2)
-    try:
-        # About 1.6 times the movie's rate together (its frames are ~2 KB, 24 per second): without PAUSE
-        # they keep sending through a pause, since the client's credit covers the whole movie.
-        s.start(server_args=("--rate-limit", "40K"))
+    # About 1.6 times the movie's rate together (its frames are ~2 KB, 24 per second): without PAUSE
+    # they keep sending through a pause, since the client's credit covers the whole movie.
+    with running_system(tmp_path, servers=2, server_args=("--rate-limit", "40K")) as s:
         yield s
-    finally:
-        s.stop_all()
 
 
 def pause_lines(system):

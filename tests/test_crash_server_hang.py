@@ -16,19 +16,15 @@ import time
 import pytest
 
 from cluster import wait_for
-from test_crash_support import CrashSystem
+from test_crash_support import running_system
 
 REJOINED = "rejoined as a new incarnation"
 
 
 @pytest.fixture
 def system(tmp_path):
-    s = CrashSystem(tmp_path, servers=3)
-    try:
-        s.start()
+    with running_system(tmp_path, servers=3) as s:
         yield s
-    finally:
-        s.stop_all()
 
 
 def test_a_hung_server_is_restriped_fenced_and_rejoins_before_new_work(system):

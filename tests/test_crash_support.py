@@ -10,6 +10,7 @@ which the fixture always calls; every wait has a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -201,6 +202,17 @@ class CrashSystem:
             lines = [line for _, line in self.log(name)][-15:]
             parts.append(f"--- {name}:\n" + "\n".join(lines))
         return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def running_system(tmp_path: Path, servers: int, server_args: tuple = ()):
+    """A started CrashSystem that is always stopped (for the tests' `system` fixtures)."""
+    system = CrashSystem(tmp_path, servers=servers)
+    try:
+        system.start(server_args=server_args)
+        yield system
+    finally:
+        system.stop_all()
 
 
 def assert_cleaned_up_after_crash(system: CrashSystem, ruid: int, killed_at: float) -> None:

@@ -23,6 +23,7 @@ from vod.media.store import MovieStore
 from vod.media.synthetic import make_movie, parse_size
 from vod.media.video import read_jpeg_frames
 from vod.procs import ProcessGroup, console_script, free_port
+from vod.procs import wait_until as procs_wait_until
 from vod.secrets import write_secret
 
 HOST = "127.0.0.1"
@@ -54,13 +55,7 @@ def add_parser(sub) -> None:
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise DemoFailed(f"timed out after {timeout:.0f} s waiting for {what}")
+    return procs_wait_until(predicate, timeout, what, interval, error=DemoFailed)
 
 
 def admin(coordinators: str, secret_file: str, *args: str) -> subprocess.CompletedProcess:

@@ -25,6 +25,21 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PDEATHSIG, signal.SIGKILL)
 
 
+class WaitTimedOut(Exception):
+    """A bounded wait for a local system to reach some state ran out."""
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1, error: type[Exception] = WaitTimedOut):
+    """Poll `predicate` until it returns something true (returned), or raise `error` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise error(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
