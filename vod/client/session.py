@@ -631,7 +631,9 @@ class PlaybackSession(SerialInputs):
             return
         until = self.buffer.credit_until(self._clock.seconds())
         step = max(1, self.buffer.buffer_frames // 4)
-        if until > self._credit_granted and (force or until - self._credit_granted >= step):
+        # The last stretch of the movie is granted at once: waiting for the next tick idles the end.
+        at_end = until >= self.buffer.frame_count
+        if until > self._credit_granted and (force or at_end or until - self._credit_granted >= step):
             self._credit_granted = until
             for feed in self.feeds.values():
                 feed.grant(until)
