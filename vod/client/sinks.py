@@ -414,6 +414,12 @@ class Player:
         if self.failed:
             return
         self.in_flight += 1
+        if payload is not None and not self._threaded and self.in_flight == 1:
+            # Nothing to read or write off the reactor and nothing queued ahead: no thread round trip.
+            d = defer.maybeDeferred(self._on_reactor, payload, index)
+            d.addErrback(self._failed)
+            d.addBoth(self._done)
+            return
         d = self._worker.submit(self._in_thread, index, payload)
         d.addCallback(self._on_reactor, index)
         d.addErrback(self._failed)
