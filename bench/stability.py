@@ -22,7 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
-from vod.procs import ProcessGroup, console_script, free_port, wait_until  # noqa: E402
+from vod.procs import (  # noqa: E402
+    ProcessGroup, admin_status, console_script, free_port, start_coordinator_group, wait_until,
+)
 from vod.secrets import write_secret  # noqa: E402
 
 ROLE = re.compile(r"^(\d+\.\d+) WARNING vod\.coordinator: ROLE (\S+) term=(\d+) replica=(\S+)")
@@ -47,23 +49,14 @@ def main() -> int:
                   source="synthetic", source_codec="MJPG", keeps_source_jpeg=True, jpeg_quality=85)
     secret = os.path.join(work, f"secret-{os.getpid()}")
     write_secret(secret)
-    raft = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    listen = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-    coordinators = ",".join(listen)
     env = dict(os.environ, VOD_SECRET_FILE=secret)
-
-    def status():
-        r = subprocess.run(console_script("vod-admin") + ["--coordinators", coordinators, "status", "--json"],
-                           capture_output=True, text=True, timeout=30, env=env)
-        return json.loads(r.stdout) if r.returncode == 0 else {}
-
     samples, terms = 0, set()
     with ProcessGroup() as group:
-        for i in range(3):
-            group.start(f"c{i + 1}", console_script("vod-coordinator") + [
-                "--id", f"c{i + 1}", "--raft", raft[i], "--peers", ",".join(raft), "--listen", listen[i],
-                "--data", os.path.join(work, f"data-c{i + 1}-{os.getpid()}")], os.path.join(work, f"c{i + 1}.log"),
-                env)
+        coordinators = start_coordinator_group(group, work, env)
+
+        def status():
+            return admin_status(coordinators, secret)
+
         wait_until(lambda: status().get("primary"), 30, "a primary")
         for i in range(4):
             group.start(f"s{i + 1}", console_script("vod-server") + [

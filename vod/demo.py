@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -22,7 +21,7 @@ from vod.media.ingest import ingest
 from vod.media.store import MovieStore
 from vod.media.synthetic import make_movie, parse_size
 from vod.media.video import read_jpeg_frames
-from vod.procs import ProcessGroup, console_script, free_port
+from vod.procs import ProcessGroup, admin, admin_status, console_script, free_port, start_coordinator_group
 from vod.procs import wait_until as procs_wait_until
 from vod.secrets import write_secret
 
@@ -58,16 +57,6 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
     return procs_wait_until(predicate, timeout, what, interval, error=DemoFailed)
 
 
-def admin(coordinators: str, secret_file: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(console_script("vod-admin") + ["--coordinators", coordinators, "--secret-file", secret_file,
-                                                         *args], capture_output=True, text=True, timeout=30)
-
-
-def status(coordinators: str, secret_file: str) -> dict | None:
-    r = admin(coordinators, secret_file, "status", "--json")
-    return json.loads(r.stdout) if r.returncode == 0 else None
-
-
 def prepare_store(workdir: str, args) -> MovieStore:
     store = MovieStore(os.path.join(workdir, "store"))
     if store.exists(MOVIE_ID):
@@ -91,23 +80,16 @@ def cmd_demo(args) -> int:
           f"(store {store.root})")
     secret_file = os.path.join(workdir, f"secret-{os.getpid()}")
     write_secret(secret_file)
-    raft = [f"{HOST}:{free_port()}" for _ in range(3)]
-    listen = [f"{HOST}:{free_port()}" for _ in range(3)]
-    coordinators = ",".join(listen)
     env = dict(os.environ, VOD_SECRET_FILE=secret_file)
     with ProcessGroup() as group:
-        for i in range(3):
-            group.start(f"c{i + 1}", console_script("vod-coordinator") + [
-                "--id", f"c{i + 1}", "--raft", raft[i], "--peers", ",".join(raft), "--listen", listen[i],
-                "--data", os.path.join(workdir, f"coordinator-c{i + 1}")], os.path.join(workdir, f"c{i + 1}.log"),
-                env)
-        wait_until(lambda: (status(coordinators, secret_file) or {}).get("primary"), 20, "a primary coordinator")
+        coordinators = start_coordinator_group(group, workdir, env, HOST)
+        wait_until(lambda: admin_status(coordinators, secret_file).get("primary"), 20, "a primary coordinator")
         print(f"coordinators: {coordinators} (logs in {workdir})")
         for i in range(args.servers):
             group.start(f"s{i + 1}", console_script("vod-server") + [
                 "--id", f"s{i + 1}", "--domain", DOMAIN, "--coordinators", coordinators, "--media", store.root,
                 "--listen", f"{HOST}:{free_port()}", "--capacity", "1"], os.path.join(workdir, f"s{i + 1}.log"), env)
-        wait_until(lambda: sum(m["kind"] == "server" for m in (status(coordinators, secret_file) or {})
+        wait_until(lambda: sum(m["kind"] == "server" for m in admin_status(coordinators, secret_file)
                                .get("members", [])) >= args.servers, 30, f"{args.servers} servers to join")
         print(f"servers: {', '.join(f's{i + 1}' for i in range(args.servers))} joined domain {DOMAIN}")
         output = os.path.join(workdir, "played.avi")
@@ -158,7 +140,7 @@ def chaos(group: ProcessGroup, client: subprocess.Popen, duration: float, coordi
         group.kill("s2")
         print(f"chaos: t={time.monotonic() - started:.1f}s SIGKILL server s2")
     if at(0.6):
-        primary = (status(coordinators, secret_file) or {}).get("primary")
+        primary = admin_status(coordinators, secret_file).get("primary")
         if primary:
             group.kill(primary)
             print(f"chaos: t={time.monotonic() - started:.1f}s SIGKILL primary coordinator {primary}")

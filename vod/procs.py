@@ -7,6 +7,7 @@ SIGTERM, waits a bounded time, then SIGKILLs and reaps.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -105,3 +106,29 @@ class ProcessGroup:
 
     def __exit__(self, *exc) -> None:
         self.stop_all()
+
+
+def admin(coordinators: str, secret_file: str, *args: str) -> subprocess.CompletedProcess:
+    """Run `vod-admin` against a local coordinator group."""
+    return subprocess.run(console_script("vod-admin") + ["--coordinators", coordinators, "--secret-file", secret_file,
+                                                         *args], capture_output=True, text=True, timeout=30)
+
+
+def admin_status(coordinators: str, secret_file: str) -> dict:
+    """`vod-admin status --json`, or {} while nobody answers."""
+    r = admin(coordinators, secret_file, "status", "--json")
+    return json.loads(r.stdout) if r.returncode == 0 else {}
+
+
+def start_coordinator_group(group: ProcessGroup, workdir: str, env: dict, host: str = "127.0.0.1",
+                            replicas: int = 3) -> str:
+    """Start `replicas` coordinator replicas on free ports (logs and data under `workdir`); their listen list."""
+    raft = [f"{host}:{free_port()}" for _ in range(replicas)]
+    listen = [f"{host}:{free_port()}" for _ in range(replicas)]
+    for i in range(replicas):
+        rid = f"c{i + 1}"
+        group.start(rid, console_script("vod-coordinator") + [
+            "--id", rid, "--raft", raft[i], "--peers", ",".join(raft), "--listen", listen[i],
+            "--data", os.path.join(workdir, f"coordinator-{rid}-{os.getpid()}")],
+            os.path.join(workdir, f"{rid}.log"), env)
+    return ",".join(listen)
