@@ -347,7 +347,8 @@ class CoordinatorReplica:
                                      wanted, self.live_servers(record["domain"]), policy=self.policy,
                                      max_servers=self.max_servers)
         except NoServers as err:
-            return self.propose(rq.fail_cmd(record["ruid"], str(err))).addCallback(lambda _: _refuse(str(err)))
+            reason = str(err)  # `err` is unbound once the except block ends, before the callback runs
+            return self.propose(rq.fail_cmd(record["ruid"], reason)).addCallback(lambda _: _refuse(reason))
         d = self.propose(rq.strategize_cmd(record["ruid"], strategy.to_dict()))
 
         def done(result):
