@@ -48,3 +48,16 @@ def ffprobe_frames(path: str) -> int:
                          timeout=120)
     assert out.returncode == 0, out.stderr
     return int(out.stdout.strip().strip(","))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The chaos suite reports the seeds it ran and how each ended (tests/chaos/test_chaos.py)."""
+    outcomes = {}
+    for status in ("passed", "failed", "error"):
+        for report in terminalreporter.stats.get(status, []):
+            if "test_chaos_run[seed=" in getattr(report, "nodeid", "") and report.when == "call":
+                outcomes[int(report.nodeid.rsplit("seed=", 1)[1].rstrip("]"))] = status
+    if outcomes:
+        failed = sorted(s for s, o in outcomes.items() if o != "passed")
+        terminalreporter.write_line(f"chaos seeds run: {' '.join(map(str, sorted(outcomes)))}; "
+                                    f"failed: {' '.join(map(str, failed)) or 'none'}")
