@@ -116,3 +116,16 @@ def killed_clients(faults: list[Fault]) -> set[str]:
 
 def killed_servers(faults: list[Fault]) -> set[str]:
     return {f.target for f in faults if f.kind == "server" and f.action == KILL}
+
+
+def chaos_seeds(text: str | None) -> list[int]:
+    """ "0-19" or "3,7,11" (or a mix) as a list of seeds."""
+    seeds: list[int] = []
+    for part in (text or "0-19").split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            seeds.extend(range(int(lo), int(hi) + 1))
+        elif part:
+            seeds.append(int(part))
+    return seeds

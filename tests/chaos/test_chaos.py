@@ -15,20 +15,7 @@ import os
 import pytest
 
 from chaos_run import run_chaos
-from chaos_schedule import Shape
-
-
-def chaos_seeds(text: str | None) -> list[int]:
-    """ "0-19" or "3,7,11" (or a mix) as a list of seeds."""
-    seeds: list[int] = []
-    for part in (text or "0-19").split(","):
-        part = part.strip()
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            seeds.extend(range(int(lo), int(hi) + 1))
-        elif part:
-            seeds.append(int(part))
-    return seeds
+from chaos_schedule import Shape, chaos_seeds
 
 
 @pytest.mark.parametrize("seed", chaos_seeds(os.environ.get("VOD_CHAOS_SEEDS")), ids=lambda s: f"seed={s}")
