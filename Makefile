@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) bench/failover.py
 	$(PY) bench/strategy.py
 	$(PY) bench/playback.py
+	$(PY) bench/recovery.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -113,6 +113,7 @@ def test_no_secret_is_a_usage_error(tmp_path):
     (common("--coordinators", "nowhere"), "--coordinators"),
     (common("--output", "/nonexistent/dir/out.avi"), "directory /nonexistent/dir does not exist"),
     (common("--output", "out.mp4"), "must be an .avi file"),
+    (common("--trace", "/nonexistent/dir/t.jsonl"), "--trace /nonexistent/dir/t.jsonl: cannot write the trace"),
 ])
 def test_bad_input_exits_2_with_advice(args, message):
     run = vod_client(*args)  # all refused before any coordinator is asked (127.0.0.1:9 would not answer)

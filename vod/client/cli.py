@@ -58,6 +58,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                    help="how long to wait for a coordinator to answer the join")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--trace", metavar="FILE", default=None,
+                   help="write what the play applies and receives to FILE as JSON Lines (format version 1, in "
+                        "the header line): each strategy or restripe with every server's frames, and each frame "
+                        "received with its server, revision and whether it was a duplicate, all with epoch "
+                        "times (the logs' clock); see vod/client/trace.py. Off by default")
     add_secret_argument(p)
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -250,8 +255,29 @@ def check_arguments(args) -> None:
     args.coordinator_list = coordinators
 
 
+def open_trace(args):
+    """The --trace writer (its header written), or None; a path that cannot be written is a UsageError."""
+    if not args.trace:
+        return None
+    import time
+
+    from vod.client.trace import TraceWriter
+    trace = TraceWriter.open(args.trace, time.time)
+    trace.header(args.movie, args.client_id)
+    return trace
+
+
 def cmd_play(args) -> int:
     check_arguments(args)
+    trace = open_trace(args)
+    try:
+        return _play(args, trace)
+    finally:
+        if trace is not None:
+            trace.close()
+
+
+def _play(args, trace) -> int:
     from twisted.internet import reactor
 
     from vod.client.cache import FrameCache
@@ -288,7 +314,7 @@ def cmd_play(args) -> int:
     session = PlaybackSession(reactor, args.movie, client_id, member_factory=member_factory, cache=cache,
                               worker=worker, make_sinks=make_sinks,
                               options=PlayOptions(fast=args.fast, lead=args.lead, startup_seconds=args.startup,
-                                                  join_timeout=args.timeout))
+                                                  join_timeout=args.timeout), trace=trace)
     line = StatusLine(sys.stderr) if sys.stderr.isatty() and not args.json else None
     outcome: dict[str, Any] = {}
 
@@ -330,6 +356,8 @@ def cmd_play(args) -> int:
         if line is not None:
             line.clear()
         worker.stop()
+        if trace is not None:
+            trace.end(session.state.value)
     result = outcome.get("result")
     if result is None:
         raise VodError("vod-client: stopped before the play finished")

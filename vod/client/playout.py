@@ -154,6 +154,10 @@ class PlayoutBuffer:
         """Every wanted frame has arrived."""
         return not (self._wanted & ~self._held).any()
 
+    def holds(self, index: int) -> bool:
+        """Frame `index` is held (cheap: no mask is built)."""
+        return isinstance(index, int) and 0 <= index < self.frame_count and bool(self._held[index])
+
     @property
     def started(self) -> bool:
         return self._start is not None

@@ -113,7 +113,8 @@ class PlaybackSession(SerialInputs):
 
     def __init__(self, reactor, movie_id: str, client_id: str, *, member_factory: Callable[[Callable], Any],
                  cache: FrameCache | None, worker, make_sinks: Callable[[MovieMeta], list],
-                 options: PlayOptions | None = None, connector: Connector | None = None, clock=None):
+                 options: PlayOptions | None = None, connector: Connector | None = None, clock=None,
+                 trace=None):
         self._reactor = reactor
         self._clock = clock or reactor
         self.movie_id = movie_id
@@ -125,6 +126,7 @@ class PlaybackSession(SerialInputs):
         self._make_sinks = make_sinks
         self.options = options or PlayOptions()
         self._connector = connector
+        self._trace = trace  # a vod.client.trace.TraceWriter (--trace), or None
 
         self.state = PlayState.IDLE
         self.meta: MovieMeta | None = None
@@ -425,6 +427,8 @@ class PlaybackSession(SerialInputs):
         log.info("RUID %d revision %d (%s): %s", self.ruid, event.revision, event.reason,
                  ", ".join(f"{a.server_id} {a.mask.count()} frames" for a in strategy.assignments))
         assigned = {a.server_id: a.mask for a in strategy.assignments}
+        if self._trace is not None:
+            self._trace.strategy(self.ruid, event.revision, event.reason, assigned)
         for server, feed in self.feeds.items():
             if server not in assigned and feed.state is not FeedState.CLOSED:
                 feed.stop()  # failed or replaced: its frames went to others
@@ -457,8 +461,14 @@ class PlaybackSession(SerialInputs):
 
     def frame_received(self, feed: ServerFeed, message: FrameMessage) -> None:
         if self.state is not PlayState.STREAMING:
+            if self._trace is not None and self.buffer is not None:
+                self._trace.frame(message.index, feed.server_id, message.revision,
+                                  self.buffer.holds(message.index), "ignored")
             return
         arrival = self.buffer.receive(message.index, message.payload, feed.server_id)
+        if self._trace is not None:
+            self._trace.frame(message.index, feed.server_id, message.revision, arrival is Arrival.DUPLICATE,
+                              arrival.value)
         if arrival in (Arrival.ACCEPTED, Arrival.LATE) and self._cache is not None:
             self._worker.submit(self._cache.append, message.index, message.payload, message.sha256) \
                 .addErrback(self._cache_failed)
