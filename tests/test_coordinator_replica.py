@@ -55,6 +55,32 @@ def test_silent_member_is_excluded_after_grace_and_timeout(replica):
     assert not b.transport.connected  # the excluded member is cut off and must join again
 
 
+def test_a_member_whose_connection_closes_is_excluded_after_the_reconnect_grace(replica):
+    clock = replica.reactor
+    a, _ = join(replica, "a")
+    join(replica, "b")
+    join(replica, "c")
+    for _ in range(21):  # past the new primary's grace, everyone heard
+        clock.advance(0.1)
+        for member in "abc":
+            replica.detector.heartbeat(member)
+        replica._check()
+    replica.member_disconnected("b")  # crashed: its socket closed at once
+    replica.member_disconnected("c")  # dropped, but comes back in time
+    for _ in range(4):
+        clock.advance(0.1)
+        replica.detector.heartbeat("a")
+        replica._check()
+    replica.detector.heartbeat("c")
+    assert {"b", "c"} <= set(replica.raft.read(lambda m: m.state.members))
+    for _ in range(2):
+        clock.advance(0.1)
+        replica.detector.heartbeat("a")
+        replica._check()
+    members = set(replica.raft.read(lambda m: m.state.members))
+    assert "b" not in members and "c" in members  # 0.6 s after the close, not the 1 s failure timeout
+
+
 def test_not_acting_replica_pushes_nothing(replica):
     a, _ = join(replica, "a")
     replica.raft.acting = False

@@ -90,3 +90,40 @@ def test_the_timeout_must_be_positive(clock, timeout):
 def test_the_grace_period_must_not_be_negative(clock):
     with pytest.raises(ValueError):
         FailureDetector(clock, 1).grant_grace(-1)
+
+
+def test_a_closed_connection_expires_a_member_after_the_reconnect_grace(clock):
+    detector = FailureDetector(clock, timeout=1.0)
+    detector.heartbeat("s1")
+    detector.heartbeat("s2")
+    clock.advance(0.1)
+    detector.suspect("s1", within=0.3)
+    clock.advance(0.3)
+    assert detector.expired() == []
+    clock.advance(0.01)
+    assert detector.expired() == ["s1"]
+
+
+def test_a_member_that_reconnects_in_time_is_not_suspected_any_more(clock):
+    detector = FailureDetector(clock, timeout=1.0)
+    detector.heartbeat("s1")
+    detector.suspect("s1", within=0.3)
+    clock.advance(0.2)
+    detector.heartbeat("s1")  # reconnected
+    clock.advance(0.9)
+    assert detector.expired() == []
+
+
+def test_suspicion_never_lengthens_a_deadline_nor_beats_the_grace(clock):
+    detector = FailureDetector(clock, timeout=1.0)
+    detector.heartbeat("s1")
+    clock.advance(0.9)
+    detector.suspect("s1", within=0.5)  # the timeout runs out first
+    detector.suspect("ghost", within=0.5)  # not watched: nothing happens
+    clock.advance(0.11)
+    assert detector.expired() == ["s1"]
+    detector.heartbeat("s2")
+    detector.grant_grace(2.0)
+    detector.suspect("s2", within=0.1)
+    clock.advance(1.0)
+    assert "s2" not in detector.expired()

@@ -37,6 +37,9 @@ def build_parser() -> ArgumentParser:
     add_secret_argument(p)
     p.add_argument("--failure-timeout", type=float, default=1.0,
                    help="seconds without a heartbeat after which a member is excluded")
+    p.add_argument("--reconnect-grace", type=float, default=0.5, metavar="SECONDS",
+                   help="a member whose connection closes (a crashed process's does at once) is excluded after "
+                        "this many seconds unless it reconnects first; at most --failure-timeout")
     p.add_argument("--grace", type=float, default=2.0,
                    help="seconds a new primary waits before excluding anyone")
     p.add_argument("--max-servers", type=int, default=4,
@@ -64,6 +67,8 @@ def entry(argv: Sequence[str]) -> int:
         raise UsageError("--max-servers must be 1..255")
     if args.failure_timeout <= 0 or args.grace < 0:
         raise UsageError("--failure-timeout must be > 0 and --grace >= 0")
+    if not 0 < args.reconnect_grace <= args.failure_timeout:
+        raise UsageError("--reconnect-grace must be > 0 and at most --failure-timeout")
     try:
         os.makedirs(args.data, mode=0o700, exist_ok=True)
     except OSError as err:
@@ -80,6 +85,7 @@ def entry(argv: Sequence[str]) -> int:
     replica = CoordinatorReplica(reactor, replica_id=args.replica_id, raft_addr=args.raft, peers=peers,
                                  listen=args.listen, secret=secret, data_dir=args.data,
                                  failure_timeout=args.failure_timeout, grace=args.grace, standby=args.standby,
+                                 reconnect_grace=args.reconnect_grace,
                                  coordinators=coordinators, replace_after=args.replace_after,
                                  clock=MonotonicClock(), policy=args.policy, max_servers=args.max_servers)
     failed = []

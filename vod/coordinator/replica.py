@@ -46,6 +46,7 @@ class CoordinatorReplica:
     def __init__(self, reactor, *, replica_id: str, raft_addr: str, peers: list[str], listen: str, secret: bytes,
                  data_dir: str | None, settings: RaftSettings = RaftSettings(), failure_timeout: float = 1.0,
                  grace: float = 2.0, check_interval: float = 0.02, standby: bool = False,
+                 reconnect_grace: float = 0.5,
                  coordinators: list[str] = (), replace_after: float = 1.0, raft_factory=RaftLog, clock=None,
                  policy: str = "weighted", max_servers: int = 4):
         self.reactor = reactor
@@ -55,6 +56,7 @@ class CoordinatorReplica:
         self.secret = secret
         self.standby = standby
         self.grace = grace
+        self.reconnect_grace = reconnect_grace
         self.policy = policy
         self.max_servers = max_servers
         self._held: dict[int, str] = {}  # RUID -> latest held mask a client reported (base64)
@@ -150,6 +152,11 @@ class CoordinatorReplica:
             self.detector.heartbeat(member_id)
         # Servers excluded just before the failover may have left strategies that were never restriped.
         self._restripe_orphans()
+
+    def member_disconnected(self, member_id: str) -> None:
+        """A member's control connection closed: a crash shows this way at once (see FailureDetector.suspect)."""
+        if self.acting:
+            self.detector.suspect(member_id, self.reconnect_grace)
 
     def _register(self) -> None:
         """Put this replica's id and addresses in the replicated `replicas` table (retried until it sticks)."""

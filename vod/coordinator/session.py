@@ -277,5 +277,6 @@ class MemberSession(amp.AMP):
     def connectionLost(self, reason):
         if self.member_id and self.replica.sessions.get(self.member_id) is self:
             del self.replica.sessions[self.member_id]
+            self.replica.member_disconnected(self.member_id)
         super().connectionLost(reason)
 

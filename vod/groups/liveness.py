@@ -28,6 +28,18 @@ class FailureDetector:
         """`member_id` is alive now (starts watching it if it was not watched)."""
         self._last_heard[member_id] = self._clock.seconds()
 
+    def suspect(self, member_id: str, within: float) -> None:
+        """`member_id`'s connection closed: expire it `within` seconds from now unless it is heard first.
+
+        A crashed process's sockets close at once, so waiting out the whole
+        failure timeout only delays the restripe; a live member whose link
+        merely dropped reconnects and heartbeats well within `within`, which
+        clears the suspicion. It never lengthens a member's deadline.
+        """
+        heard = self._last_heard.get(member_id)
+        if heard is not None:
+            self._last_heard[member_id] = min(heard, self._clock.seconds() + within - self._timeout)
+
     def forget(self, member_id: str) -> None:
         """Stop watching `member_id` (it left or was excluded); unknown ids are fine."""
         self._last_heard.pop(member_id, None)
