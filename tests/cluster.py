@@ -8,6 +8,11 @@ directory, same ports). Every fault is recorded with its wall-clock time in
 `events`, on the same clock (`time.time()`) as the `ROLE` lines the replicas log,
 so a test can line the two up.
 
+With `standbys=N` it also starts N `vod-coordinator --standby` replicas (ids
+after the voters', e.g. c4), once the voters have a primary; they register with
+the primary and wait to be recruited as voters. Kill, pause, resume and restart
+take their ids as they take the voters'.
+
 Every wait has a deadline. `stop_all()` SIGKILLs whatever is still running and
 reaps it; the `cluster` fixture always calls it. As a second line of defence
 each replica is started with PR_SET_PDEATHSIG=SIGKILL (Linux), so it dies even
@@ -110,6 +115,7 @@ class Replica:
     proc: subprocess.Popen | None = None
     paused: bool = False
     starts: int = 0
+    standby: bool = False  # started with --standby (it may have been recruited as a voter since)
     _log_file: object = field(default=None, repr=False)
 
     @property
@@ -119,7 +125,7 @@ class Replica:
 
 class Cluster:
     def __init__(self, base: Path | str, size: int = 3, failure_timeout: float = 1.0, grace: float = 2.0,
-                 log_level: str = "INFO", python: str = sys.executable):
+                 log_level: str = "INFO", python: str = sys.executable, standbys: int = 0):
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.python = python
@@ -128,12 +134,12 @@ class Cluster:
         self.log_level = log_level
         self.secret_file = self.base / "secret"
         self.secret = write_secret(str(self.secret_file)).strip()
-        ports = free_ports(2 * size)
+        ports = free_ports(2 * (size + standbys))
         self.replicas: dict[str, Replica] = {}
-        for i in range(size):
+        for i in range(size + standbys):
             rid = f"c{i + 1}"
             self.replicas[rid] = Replica(rid, f"{HOST}:{ports[2 * i]}", f"{HOST}:{ports[2 * i + 1]}",
-                                         self.base / f"data-{rid}", self.base / f"{rid}.log")
+                                         self.base / f"data-{rid}", self.base / f"{rid}.log", standby=i >= size)
         self.events: list[Event] = []
 
     # -- addresses ---------------------------------------------------------------------------------
@@ -143,8 +149,13 @@ class Cluster:
         return list(self.replicas)
 
     @property
+    def standby_ids(self) -> list[str]:
+        """The replicas started as standbys."""
+        return [r.id for r in self.replicas.values() if r.standby]
+
+    @property
     def coordinators(self) -> list[str]:
-        """Listen addresses of all replicas, in id order."""
+        """Listen addresses of all replicas (standbys last), in id order."""
         return [r.listen for r in self.replicas.values()]
 
     def listen(self, rid: str) -> str:
@@ -164,21 +175,34 @@ class Cluster:
     # -- life cycle --------------------------------------------------------------------------------
 
     def start(self, wait: float = 20.0) -> "Cluster":
-        """Start every replica; wait until each accepts connections and one acts as primary."""
+        """Start every voter; wait until each accepts connections and one acts as primary. Then the standbys,
+        until the primary has each on record."""
+        voters = [rid for rid in self.replicas if rid not in self.standby_ids]
         try:
-            for rid in self.replicas:
+            for rid in voters:
                 self.start_replica(rid, wait=0)
-            for rid in self.replicas:
+            for rid in voters:
                 self.wait_listening(rid, wait)
-            self.wait_primary(wait)
+            primary = self.wait_primary(wait)
+            for rid in self.standby_ids:
+                self.start_replica(rid, wait=wait)
+            for rid in self.standby_ids:
+                raft = self.replicas[rid].raft
+                wait_for(lambda: (self.statuses([primary]).get(primary) or {}).get("replicas_table", {})
+                         .get(raft, {}).get("standby"), wait, f"standby {rid} to register with {primary}",
+                         interval=0.05, describe=self.describe)
         except BaseException:
             self.stop_all()
             raise
         return self
 
     def _command(self, r: Replica) -> list[str]:
-        peers = ",".join(x.raft for x in self.replicas.values())
-        return [self.python, "-c", _LAUNCHER, "--id", r.id, "--raft", r.raft, "--peers", peers,
+        voters = [x for x in self.replicas.values() if not x.standby]
+        if r.standby:  # restarted as a standby again, even if it was recruited as a voter meanwhile
+            where = ["--standby", "--coordinators", ",".join(x.listen for x in voters)]
+        else:
+            where = ["--peers", ",".join(x.raft for x in voters)]
+        return [self.python, "-c", _LAUNCHER, "--id", r.id, "--raft", r.raft, *where,
                 "--listen", r.listen, "--data", str(r.data), "--secret-file", str(self.secret_file),
                 "--failure-timeout", str(self.failure_timeout), "--grace", str(self.grace),
                 "--log-level", self.log_level]
@@ -324,6 +348,15 @@ class Cluster:
 
         wait_for(caught_up, timeout, f"{rid} to catch up to last_applied {target}", interval=0.05,
                  describe=self.describe)
+
+    def roles(self) -> dict[str, str]:
+        """Each replica's role as `vod-admin status` tells it (primary, backup, witness, standby, down...);
+        {} when vod-admin failed (no primary for a moment)."""
+        try:
+            doc = self.admin_status()
+        except (ClusterError, subprocess.TimeoutExpired, json.JSONDecodeError):
+            return {}
+        return {r["id"]: r["role"] for r in doc.get("replicas", []) if r.get("id")}
 
     def admin_status(self, timeout: float = 20.0) -> dict:
         """`vod-admin status --json` as a real command (the console script next to our interpreter)."""

@@ -1,11 +1,11 @@
 """Shared helpers of the tests/test_crash_*.py modules (no tests here): a real local system to crash.
 
-`CrashSystem` runs three real coordinator replicas (tests/cluster.py), real
-`vod-server` processes and a real `vod-client play`, all on 127.0.0.1, each
-logging to its own file with epoch timestamps (`vod.logsetup`), so the lines
-of several processes can be lined up. Every process it starts dies with the
-test process (PR_SET_PDEATHSIG) and is SIGKILLed and reaped by `stop_all`,
-which the fixture always calls; every wait has a deadline.
+`CrashSystem` runs three real coordinator replicas (tests/cluster.py; standbys
+too if asked), real `vod-server` processes and real `vod-client play`s, all on
+127.0.0.1, each logging to its own file with epoch timestamps (`vod.logsetup`),
+so the lines of several processes can be lined up. Every process it starts
+dies with the test process (PR_SET_PDEATHSIG) and is SIGKILLed and reaped by
+`stop_all`, which the fixture always calls; every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from cluster import Cluster, _all_threads_stopped, free_ports, wait_for
 from vod.media.store import MovieStore
@@ -36,6 +37,11 @@ if sys.platform.startswith("linux"):
 from {module} import main
 sys.exit(main())
 """
+
+# For plays that assert no stall at all: hold half a second of movie before playing. With the default (play
+# on the first frame) one server's first frame may come tens of milliseconds after another's on a loaded
+# two-core machine (seen: 9-76 ms), a stall at the very start that says nothing about the crash under test.
+STARTUP = ("--startup", "0.5")
 
 STREAM_END = re.compile(r"^(?P<t>\d+\.\d+) \w+ vod\.server\.stream: stream end: RUID (?P<ruid>\d+), .*?: "
                         r"(?P<frames>\d+) frames .* revision (?P<revision>\d+); (?P<reason>.*)$")
@@ -69,12 +75,16 @@ def log_lines(path: Path) -> list[tuple[float, str]]:
     return out
 
 
+# (server id, its listen address) -> the data address it should tell clients instead, or None for its own.
+Advertise = Callable[[str, str], "str | None"]
+
+
 class CrashSystem:
-    def __init__(self, base: Path, servers: int, frames: int = FRAMES):
+    def __init__(self, base: Path, servers: int, frames: int = FRAMES, standbys: int = 0):
         self.base = base
         self.store = make_movie_store(base / "store", frames)
         self.frames = frames
-        self.cluster = Cluster(base / "cluster")
+        self.cluster = Cluster(base / "cluster", standbys=standbys)
         self.server_ids = [f"s{i + 1}" for i in range(servers)]
         self.procs: dict[str, subprocess.Popen] = {}
         self._files = []
@@ -82,13 +92,18 @@ class CrashSystem:
 
     # -- life ----------------------------------------------------------------------------------------
 
-    def start(self, server_args: tuple[str, ...] = ()) -> "CrashSystem":
+    def start(self, server_args: tuple[str, ...] = (), advertise: Advertise | None = None) -> "CrashSystem":
+        """The cluster, then the servers (each with `server_args`; `advertise` may give a server another data
+        address to tell clients, e.g. a proxy's), until every server is a member."""
         self.cluster.start()
         for sid, port in zip(self.server_ids, free_ports(len(self.server_ids))):
+            listen = f"127.0.0.1:{port}"
+            other = advertise(sid, listen) if advertise else None
             self._spawn(sid, launcher("vod.server.cli") + [
                 "--domain", "d", "--coordinators", ",".join(self.cluster.coordinators), "--media", self.store.root,
-                "--listen", f"127.0.0.1:{port}", "--id", sid, "--secret-file", str(self.cluster.secret_file),
-                "--log-level", "INFO", *server_args], self.base / f"{sid}.log")
+                "--listen", listen, "--id", sid, "--secret-file", str(self.cluster.secret_file),
+                "--log-level", "INFO", *(["--advertise", other] if other else []), *server_args],
+                self.base / f"{sid}.log")
         wait_for(lambda: self.live_servers() == set(self.server_ids), 30, "every server joined", interval=0.3,
                  describe=self.describe)
         return self
@@ -198,18 +213,19 @@ class CrashSystem:
 
     def describe(self) -> str:
         parts = [self.cluster.describe(tail=10)]
-        for name in [*self.server_ids, "client"]:
+        for name in [*self.server_ids, *sorted(set(self.procs) - set(self.server_ids))]:
             lines = [line for _, line in self.log(name)][-15:]
             parts.append(f"--- {name}:\n" + "\n".join(lines))
         return "\n".join(parts)
 
 
 @contextlib.contextmanager
-def running_system(tmp_path: Path, servers: int, server_args: tuple = ()):
+def running_system(tmp_path: Path, servers: int, server_args: tuple = (), standbys: int = 0,
+                   advertise: Advertise | None = None):
     """A started CrashSystem that is always stopped (for the tests' `system` fixtures)."""
-    system = CrashSystem(tmp_path, servers=servers)
+    system = CrashSystem(tmp_path, servers=servers, standbys=standbys)
     try:
-        system.start(server_args=server_args)
+        system.start(server_args=server_args, advertise=advertise)
         yield system
     finally:
         system.stop_all()
