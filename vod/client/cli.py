@@ -19,6 +19,8 @@ from vod.secrets import add_secret_argument, read_secret
 
 log = logging.getLogger("vod.client")
 
+# Six frames at 24 fps: the first frame of up to six striped servers is in before the first is shown.
+DEFAULT_STARTUP = 0.25
 STATUS_EVERY = 0.25
 EXIT_INCOMPLETE = 1
 EXIT_CANCELLED = 130
@@ -53,8 +55,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="keep nothing, use nothing cached")
     p.add_argument("--lead", type=float, default=2.0, metavar="SECONDS",
                    help="how far ahead of the playhead servers may send")
-    p.add_argument("--startup", type=float, default=0.0, metavar="SECONDS",
-                   help="movie time to hold before playback starts (0: start on the first frame)")
+    p.add_argument("--startup", type=float, default=DEFAULT_STARTUP, metavar="SECONDS",
+                   help="movie time to hold before playback starts, so every server of the strategy has "
+                        "delivered its first frames (they arrive in a burst, within milliseconds, when all is "
+                        "well); 0 starts on the first frame and stalls when another server is a moment late")
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
                    help="how long to wait for a coordinator to answer the join")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
