@@ -70,8 +70,8 @@ from vod.groups.probe import Probe  # noqa: E402
 from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
 from vod.procs import ProcessGroup, console_script, free_port  # noqa: E402
-from vod.procs import wait_until as procs_wait_until  # noqa: E402
 from vod.secrets import read_secret, write_secret  # noqa: E402
+from benchutil import json_safe, log, pct, wait_until  # noqa: E402
 from vod.server.cli import parse_rate  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -101,18 +101,8 @@ SESSION_LINE = re.compile(r"^(?P<t>\d+\.\d+) DEBUG vod\.client\.session: play \S
                           r"(?P<new>\S+)\s*$")
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(min(rank, len(ordered))) - 1]
 
 
 def median(values: list[float]) -> float:
@@ -281,8 +271,6 @@ class System:
         self.group.stop_all()
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
-    return procs_wait_until(predicate, timeout, what, interval, error=RuntimeError)
 
 
 # -- one client run ------------------------------------------------------------------------------------------
@@ -769,14 +757,6 @@ def print_scaling(doc: dict, args) -> None:
 # -- main ----------------------------------------------------------------------------------------------------
 
 
-def _no_nan(obj):
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else round(obj, 6)
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_no_nan(v) for v in obj]
-    return obj
 
 
 def main() -> int:
@@ -859,7 +839,7 @@ def main() -> int:
           f"{doc['loadavg_after'][0]:.2f} on {os.cpu_count()} cores{'' if args.keep else ''}"
           f"{f'; logs kept in {rundir}' if args.keep else ''})")
     if args.json:
-        print(json.dumps(_no_nan(doc), sort_keys=True))
+        print(json.dumps(json_safe(doc), sort_keys=True))
     return 0
 
 

@@ -61,6 +61,7 @@ from vod.media.synthetic import synthetic_jpegs  # noqa: E402
 from vod.media.video import read_jpeg_frames  # noqa: E402
 from vod.procs import ProcessGroup, console_script, free_port  # noqa: E402
 from vod.secrets import read_secret, write_secret  # noqa: E402
+from benchutil import json_safe, log, pct, wait_until  # noqa: E402
 
 HOST = "127.0.0.1"
 DOMAIN = "bench"
@@ -78,28 +79,10 @@ ROLE_RE = re.compile(r"^(?P<t>\d+\.\d+) WARNING vod\.coordinator: ROLE (?P<role>
 EXCLUDE_RE = re.compile(r"^(?P<t>\d+\.\d+) WARNING \S+: excluding silent members (?P<members>.*?)\s*$")
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))
-    return ordered[int(min(rank, len(ordered))) - 1]
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def log_lines(path: str, pattern: re.Pattern) -> list[re.Match]:
@@ -456,14 +439,6 @@ def print_phase(title: str, s: dict, phase: str) -> None:
           f"load average (1 min) at the runs' start: {s['load1']['min']:.1f}..{s['load1']['max']:.1f}")
 
 
-def _no_nan(obj):
-    if isinstance(obj, float):
-        return None if math.isnan(obj) or math.isinf(obj) else round(obj, 6)
-    if isinstance(obj, dict):
-        return {k: _no_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_no_nan(v) for v in obj]
-    return obj
 
 
 # -- main ----------------------------------------------------------------------------------------------------
@@ -546,7 +521,7 @@ def main() -> int:
           f"{doc['loadavg_after'][0]:.2f} on {os.cpu_count()} cores"
           f"{f'; logs kept in {workdir}' if args.keep else ''})")
     if args.json:
-        print(json.dumps(_no_nan(doc), sort_keys=True))
+        print(json.dumps(json_safe(doc), sort_keys=True))
     if not args.keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

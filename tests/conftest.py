@@ -61,3 +61,14 @@ def pytest_terminal_summary(terminalreporter):
         failed = sorted(s for s, o in outcomes.items() if o != "passed")
         terminalreporter.write_line(f"chaos seeds run: {' '.join(map(str, sorted(outcomes)))}; "
                                     f"failed: {' '.join(map(str, failed)) or 'none'}")
+
+
+@pytest.fixture
+def proxy():
+    """A loopback TCP proxy that can cut its connections (tests/tcpproxy.py), always stopped."""
+    from tcpproxy import CutProxy
+    p = CutProxy()
+    try:
+        yield p
+    finally:
+        p.stop()

@@ -116,15 +116,17 @@ class CrashSystem:
         self.procs[name] = proc
         return proc
 
-    def play(self, *args: str, name: str = "client") -> subprocess.Popen:
+    def play(self, *args: str, name: str = "client", credential: Path | None = None) -> subprocess.Popen:
         """A real-time `vod-client play m` (no cache) as client id "viewer" (or NAME), its stderr in NAME.log,
-        its JSON summary in NAME.out, the movie in NAME.avi."""
+        its JSON summary in NAME.out, the movie in NAME.avi; with the domain secret, or as the user of
+        `credential` (a file from `vod-admin user add`)."""
         out = open(self.base / f"{name}.out", "wb")
         self._files.append(out)
         client_id = "viewer" if name == "client" else name
+        key = ["--credential-file", str(credential)] if credential else ["--secret-file", str(self.cluster.secret_file)]
         return self._spawn(name, launcher("vod.client.cli") + [
-            "play", "m", "--domain", "d", "--coordinators", ",".join(self.cluster.coordinators), "--secret-file",
-            str(self.cluster.secret_file), "--id", client_id, "--no-cache", "--output", str(self.base / f"{name}.avi"),
+            "play", "m", "--domain", "d", "--coordinators", ",".join(self.cluster.coordinators), *key,
+            "--id", client_id, "--no-cache", "--output", str(self.base / f"{name}.avi"),
             "--json", "--log-level", "INFO", *args], self.base / f"{name}.log", stdout=out)
 
     def expected_frames(self) -> list[bytes]:
@@ -174,6 +176,15 @@ class CrashSystem:
                                                       "--timeout", "1", command, "--json"],
                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         return json.loads(run.stdout) if run.returncode == 0 else None
+
+    def wait_streaming(self, client: str = "viewer") -> dict:
+        """`client`'s request, once it is streaming from every server of the system (asserted: all of them)."""
+        request = wait_for(lambda: (r := self.request_of(client)) and r["state"] == "streaming" and r, 30,
+                           f"{client}'s request streaming", interval=0.2, describe=self.describe)
+        assert sorted(request["servers"]) == self.server_ids, request
+        wait_for(lambda: all(self.stream_starts(sid, request["ruid"]) for sid in self.server_ids), 10,
+                 f"every server streaming to {client}", interval=0.1, describe=self.describe)
+        return request
 
     def live_servers(self) -> set[str]:
         doc = self.admin("status")
