@@ -52,12 +52,16 @@ def main() -> int:
     shape = Shape(servers=args.servers, clients=args.clients, window=(0.5, args.window), faults=span(args.faults))
     reports = []
     base = Path(tempfile.mkdtemp(prefix="vod-chaos-"))
-    try:
-        for seed in chaos_seeds(args.seeds):
-            report = run_chaos(seed, base / f"seed-{seed}", shape, frames=args.frames)
-            reports.append(report)
-            print(report.text(), file=sys.stderr, flush=True)
-    finally:
+    for seed in chaos_seeds(args.seeds):
+        workdir = base / f"seed-{seed}"
+        report = run_chaos(seed, workdir, shape, frames=args.frames)
+        reports.append(report)
+        if report.passed:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:  # every process's log, for the post-mortem
+            report.violations.append(f"logs kept in {workdir}")
+        print(report.text(), file=sys.stderr, flush=True)
+    if all(r.passed for r in reports):
         shutil.rmtree(base, ignore_errors=True)
     failed = [r.seed for r in reports if not r.passed]
     if args.json:
