@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) bench/strategy.py
 	$(PY) bench/playback.py
 	$(PY) bench/recovery.py
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -116,6 +116,7 @@ class Replica:
     paused: bool = False
     starts: int = 0
     standby: bool = False  # started with --standby (it may have been recruited as a voter since)
+    admin_socket: Path | None = None  # its local admin socket, when the cluster has them
     _log_file: object = field(default=None, repr=False)
 
     @property
@@ -125,13 +126,18 @@ class Replica:
 
 class Cluster:
     def __init__(self, base: Path | str, size: int = 3, failure_timeout: float = 1.0, grace: float = 2.0,
-                 log_level: str = "INFO", python: str = sys.executable, standbys: int = 0):
+                 log_level: str = "INFO", python: str = sys.executable, standbys: int = 0,
+                 admin_sockets: Path | str | None = None, extra_args: Iterable[str] = ()):
+        """`admin_sockets`: a directory where each replica also listens on coordinator-ID.sock (None:
+        --no-admin-socket, so tests never touch the user's own socket directory); `extra_args` go to every
+        replica."""
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.python = python
         self.failure_timeout = failure_timeout
         self.grace = grace
         self.log_level = log_level
+        self.extra_args = list(extra_args)
         self.secret_file = self.base / "secret"
         self.secret = write_secret(str(self.secret_file)).strip()
         ports = free_ports(2 * (size + standbys))
@@ -139,7 +145,9 @@ class Cluster:
         for i in range(size + standbys):
             rid = f"c{i + 1}"
             self.replicas[rid] = Replica(rid, f"{HOST}:{ports[2 * i]}", f"{HOST}:{ports[2 * i + 1]}",
-                                         self.base / f"data-{rid}", self.base / f"{rid}.log", standby=i >= size)
+                                         self.base / f"data-{rid}", self.base / f"{rid}.log", standby=i >= size,
+                                         admin_socket=Path(admin_sockets) / f"coordinator-{rid}.sock"
+                                         if admin_sockets else None)
         self.events: list[Event] = []
 
     # -- addresses ---------------------------------------------------------------------------------
@@ -202,10 +210,11 @@ class Cluster:
             where = ["--standby", "--coordinators", ",".join(x.listen for x in voters)]
         else:
             where = ["--peers", ",".join(x.raft for x in voters)]
+        local = ["--admin-socket", str(r.admin_socket)] if r.admin_socket else ["--no-admin-socket"]
         return [self.python, "-c", _LAUNCHER, "--id", r.id, "--raft", r.raft, *where,
                 "--listen", r.listen, "--data", str(r.data), "--secret-file", str(self.secret_file),
                 "--failure-timeout", str(self.failure_timeout), "--grace", str(self.grace),
-                "--log-level", self.log_level]
+                "--log-level", self.log_level, *local, *self.extra_args]
 
     def start_replica(self, rid: str, wait: float = 20.0) -> None:
         r = self.replicas[rid]

@@ -16,6 +16,7 @@ from vod.strategy.mask import FrameMask
 
 RUID = 42
 FRAMES = 12
+TOKEN = "v1." + "ab" * 32  # whatever the coordinator pushed; the feed only passes it on
 
 
 class FakeNet:
@@ -81,7 +82,7 @@ def sent(transport):
 def setup():
     clock, net, listener = Clock(), FakeNet(), Listener()
     mask = FrameMask.from_indices(FRAMES, range(0, FRAMES, 2))
-    feed = ServerFeed(clock, "s1", "10.0.0.5:9000", RUID, "c1", listener, revision=1, mask=mask,
+    feed = ServerFeed(clock, "s1", "10.0.0.5:9000", RUID, "c1", listener, revision=1, mask=mask, token=TOKEN,
                       connector=net.connect, max_retries=2)
     return clock, net, listener, feed
 
@@ -100,7 +101,7 @@ def test_hello_then_credit_then_frames(setup):
     assert net.attempts[0][0] == "10.0.0.5:9000"
     (hello, credit) = sent(transport)
     assert hello[0] == "HELLO" and hello[1]["ruid"] == RUID and hello[1]["client"] == "c1"
-    assert hello[1]["mode"] == "play"
+    assert hello[1]["mode"] == "play" and hello[1]["token"] == TOKEN
     assert FrameMask.from_bytes(base64.b64decode(hello[1]["held"])) == FrameMask.from_indices(FRAMES, [0])
     assert credit == ("CREDIT", {"until": 4})
     proto.dataReceived(frame(2) + frame(4)[:30])

@@ -19,6 +19,7 @@ from vod.stream import protocol as p
 from vod.strategy.mask import FrameMask
 
 FRAMES, FPS, RUID = 12, 10.0, 7
+TOKEN = "v1." + "5e" * 32  # the stream token the coordinator pushes to c1 with each strategy
 CATALOGUE = {"m": {"frame_count": FRAMES, "fps": FPS, "width": 96, "height": 64}}
 
 
@@ -35,7 +36,7 @@ def strategy_event(revision, masks, reason="initial", addresses=None):
                 "server_choice": "capacity", "assignments": [{"server": s, "mask": text(m)} for s, m in masks.items()],
                 "backups": []}
     addresses = addresses or {s: f"10.0.0.{n + 1}:9000" for n, s in enumerate(masks)}
-    return StrategyAssigned(RUID, f"video:{RUID}", revision, reason, strategy, addresses)
+    return StrategyAssigned(RUID, f"video:{RUID}", revision, reason, strategy, addresses, TOKEN)
 
 
 class FakeMember:
@@ -181,6 +182,7 @@ def test_a_whole_play_from_two_servers(tmp_path):
     assert h.session.state is PlayState.STREAMING
     hello = hello_of(t1)
     assert hello["ruid"] == RUID and hello["client"] == "c1" and hello["mode"] == "play"
+    assert hello["token"] == TOKEN and hello_of(t2)["token"] == TOKEN
     h.send(p2, [1, 3])
     h.send(p1, [0])
     assert h.member.names().count("Started") == 1
@@ -310,6 +312,31 @@ def test_a_restripe_drops_the_failed_server_and_adds_the_new_one(tmp_path):
     assert h.result.state is PlayState.DONE
     assert h.result.summary["per_server"] == {"s1": 6, "s2": 1, "s3": 5}
     assert h.result.summary["revision"] == 2
+
+
+def test_frames_count_only_from_the_servers_of_the_current_strategy(tmp_path):
+    """Issue 8: s2 is restriped out. Its connection is closed, and what still arrives on it counts for nothing,
+    even frames with good checksums stamped with the newest revision; the client dials only the addresses its
+    strategies name (it listens nowhere, so no server can push frames to it unasked)."""
+    h = Harness(tmp_path).start()
+    p1, _, p2, t2 = stream_all(h)
+    h.send(p1, [0, 2])
+    h.send(p2, [1])
+    rest = FrameMask.from_indices(FRAMES, range(3, FRAMES, 2))
+    h.member.on_event(strategy_event(2, {"s1": FrameMask.from_indices(FRAMES, range(0, FRAMES, 2)), "s3": rest},
+                                     reason="restripe", addresses={"s1": "10.0.0.1:9000", "s3": "10.0.0.3:9000"}))
+    assert t2.disconnecting
+    forged = b"\xff\xd8not the movie\xff\xd9"
+    p2.dataReceived(b"".join(p.encode_frame(RUID, 2, i, 0, forged, hashlib.sha256(forged).digest()) for i in rest))
+    assert not any(h.session.buffer.holds(i) for i in rest)
+    p3, _ = h.accept_all()["10.0.0.3:9000"]
+    assert [address for address, _, _ in h.net.attempts] == ["10.0.0.1:9000", "10.0.0.2:9000", "10.0.0.3:9000"]
+    h.send(p3, rest, revision=2)
+    h.send(p1, range(4, FRAMES, 2), revision=2)
+    h.clock.advance(10)
+    assert h.result.state is PlayState.DONE
+    assert h.sink.frames == [(i, jpeg(i)) for i in range(FRAMES)]
+    assert h.result.summary["per_server"] == {"s1": 6, "s2": 1, "s3": 5}
 
 
 def test_frames_that_never_come_are_asked_for_once_more_then_given_up(tmp_path):

@@ -57,7 +57,7 @@ def test_full_life_cycle_and_video_group(machine):
     assert pushed_to(result, "cl") == ["GroupDissolved", "RequestChanged"]  # VDONE
     assert f"video:{ruid}" not in machine.state.groups
     assert machine.requests.request(ruid)["state"] == rq.DONE
-    assert machine.requests.caches() == [{"client": "cl", "movie": "m", "mask": rq.mask_to_text(held),
+    assert machine.requests.caches() == [{"client": "cl", "user": "", "movie": "m", "mask": rq.mask_to_text(held),
                                           "frames": N, "frame_count": N}]
 
 
@@ -73,7 +73,7 @@ def test_retry_with_the_same_request_id_gets_the_same_ruid(machine):
 @pytest.mark.parametrize("make, words", [
     (lambda: rq.open_cmd("r", "cl", "nope", FrameMask.full(N)), "unknown movie"),
     (lambda: rq.open_cmd("r", "cl", "m", FrameMask(N)), "empty"),
-    (lambda: rq.open_cmd("r", "cl", "m", FrameMask.full(N + 5)), "not a valid frame mask"),
+    (lambda: rq.open_cmd("r", "cl", "m", FrameMask.full(N + 5)), f"covers {N + 5} frames; the movie has {N}"),
     (lambda: rq.open_cmd("r", "s1", "m", FrameMask.full(N)), "not a client"),
     (lambda: dict(rq.open_cmd("r", "cl", "m", FrameMask.full(N)), wanted="!!notbase64"), "not a valid"),
 ])
@@ -149,3 +149,32 @@ def test_restripe_brings_backups_into_the_video_group(machine):
     result = machine.apply(rq.restripe_cmd(ruid, strategy(ruid, ["s1", "s3"]), ["s2"]))
     assert pushed_to(result, "s3") == ["ViewChanged", "StrategyAssigned"]
     assert machine.state.groups[f"video:{ruid}"].members == ("cl", "s1", "s3")
+
+
+def test_a_request_belongs_to_its_clients_user_even_after_the_client_id_changes_hands(machine):
+    machine.apply(gc.join_cmd("alice-tv", "client", "d", "127.0.0.1:3001", user="alice"))
+    ruid, _ = open_request(machine, "r1", client="alice-tv")
+    assert machine.requests.request(ruid)["user"] == "alice"
+    assert rq.summary(machine.requests.request(ruid))["user"] == "alice"
+    machine.apply(gc.leave_cmd("alice-tv"))  # its request fails; the id is free again
+    machine.apply(gc.join_cmd("alice-tv", "client", "d", "127.0.0.1:3002", user="bob"))
+    before = machine.snapshot()
+    with pytest.raises(BadCommand, match="belongs to another user"):
+        machine.apply(rq.cancel_cmd(ruid, "alice-tv"))
+    with pytest.raises(BadCommand, match="belongs to another user"):
+        open_request(machine, "r1", client="alice-tv")  # a retry would hand bob alice's RUID
+    assert machine.snapshot() == before
+
+
+def test_the_request_log_keeps_each_state_and_the_assignments_a_restripe_replaced(machine):
+    ruid, _ = open_request(machine)
+    first = strategy(ruid, ["s1", "s2"])
+    machine.apply(dict(rq.strategize_cmd(ruid, first), at=10.0))
+    machine.apply(dict(rq.start_cmd(ruid, "cl"), at=11.0))
+    machine.apply(dict(rq.restripe_cmd(ruid, strategy(ruid, ["s1"]), ["s2"]), at=12.0))
+    machine.apply(dict(rq.cdone_cmd(ruid, "cl", FrameMask.full(N)), at=13.0))
+    record = machine.requests.request(ruid)
+    assert [(e["state"], e["revision"]) for e in record["log"]] == [
+        ("pending", 0), ("strategized", 1), ("streaming", 1), ("streaming", 2), ("done", 2)]
+    assert record["history"][0]["replaced"] == first["assignments"]
+    assert record["held"] == rq.mask_to_text(FrameMask.full(N))

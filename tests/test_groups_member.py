@@ -94,7 +94,7 @@ class FakeSession(amp.AMP):
         return {"nonce": self.nonce, "replica": self.replica.address}
 
     @wire.Authenticate.responder
-    def authenticate(self, member_id, mac):
+    def authenticate(self, member_id, mac, user=None, role=None):
         self._record("Authenticate", member_id=member_id)
         if mac != wire.auth_mac(SECRET, self.nonce, member_id):
             raise wire.AuthFailed("authentication failed")

@@ -86,7 +86,7 @@ def test_four_servers_one_client_frame_exact(domain, tmp_path):
         run_py("vod.admin") + ["--coordinators", ",".join(cluster.coordinators), "--secret-file",
                                str(cluster.secret_file), "caches", "--json"],
         capture_output=True, text=True, timeout=60).stdout)
-    assert {"client": "viewer", "movie": "clip", "frames": n, "frame_count": n} in caches  # the CDONE mask is full
+    assert {"client": "viewer", "user": "", "movie": "clip", "frames": n, "frame_count": n} in caches  # the CDONE mask is full
 
     again = play(cluster, tmp_path, tmp_path / "again.avi", tmp_path / "cache")
     assert again["frames_received"] == 0  # the second play comes from the cache: zero frames sent

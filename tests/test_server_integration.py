@@ -113,7 +113,8 @@ def test_stripes_over_tcp_then_sdone_closes(system, tmp_path):
             host, port = assigned["addresses"][sid].rsplit(":", 1)
             sock = socket.create_connection((host, int(port)), timeout=10)
             sockets[sid] = sock
-            sock.sendall(hello(assigned["ruid"], "c1") + credit(FRAMES))
+            # The token the coordinator pushed to c1 with the strategy: a server takes no HELLO without it.
+            sock.sendall(hello(assigned["ruid"], "c1", token=assigned["token"]) + credit(FRAMES))
             messages = read_until_end(sock)
             *frames, end = messages
             assert end.type == p.END and end.revision == assigned["revision"] and end.index == len(frames)

@@ -14,7 +14,7 @@ from vod.groups import wire
 from vod.groups.events import GroupDissolved, StrategyAssigned, ViewChanged
 from vod.server.node import VideoServer, catalogue_entries, open_catalogue, ruid_of
 
-from test_server_support import DataClient, check_frames, credit, hello, make_store, strategy
+from test_server_support import SECRET, DataClient, check_frames, credit, hello, make_store, strategy
 
 ME = "s1"
 LISTEN = "127.0.0.1:9100"
@@ -60,7 +60,7 @@ def reactor():
 @pytest.fixture
 def server(reactor, movies):
     server = VideoServer(reactor, reactor, movies, server_id=ME, domain="d", listen=LISTEN,
-                         coordinators=["127.0.0.1:7000"], secret=b"s" * 16, capacity=3, member_factory=FakeMember)
+                         coordinators=["127.0.0.1:7000"], secret=SECRET, capacity=3, member_factory=FakeMember)
     started = server.start()
     assert started.called and started.result is None
     return server

@@ -9,7 +9,7 @@ from vod.server.session import SendEnd, SendError, SendFrame, State, Stripe, Str
 from vod.strategy.mask import FrameMask
 from vod.stream import protocol as p
 
-from test_server_support import mask_text, strategy
+from test_server_support import TOKENS, mask_text, strategy
 
 ME = "s1"
 WAIT = 5.0
@@ -20,7 +20,7 @@ def stripe(text: str, revision: int = 1, ruid: int = 7, client: str = "c1") -> S
 
 
 def session(clock=None) -> StreamSession:
-    return StreamSession(ME, clock or Clock(), WAIT)
+    return StreamSession(ME, clock or Clock(), WAIT, tokens=TOKENS)
 
 
 def greeted(held: str | None = None, clock=None, client: str = "c1") -> StreamSession:
@@ -311,10 +311,14 @@ def control(type_, body=None) -> p.ControlMessage:
     return p.ControlMessage(type_, body or {})
 
 
+def signed(ruid: int, client: str, **fields) -> dict:
+    """A HELLO body with the stream token the coordinator issues for (ruid, client)."""
+    return {"ruid": ruid, "client": client, "token": TOKENS.mint(ruid, client), **fields}
+
+
 def test_control_messages_drive_the_session():
     s = session()
-    s.receive(control(p.HELLO, {"ruid": 7, "client": "c1", "held": mask_text(FrameMask.from_text("1000")),
-                                "mode": "fast"}))
+    s.receive(control(p.HELLO, signed(7, "c1", held=mask_text(FrameMask.from_text("1000")), mode="fast")))
     assert (s.ruid, s.client, s.mode) == (7, "c1", "fast")
     s.strategy(stripe("1111"))
     s.receive(control(p.CREDIT, {"until": 4}))
@@ -331,24 +335,24 @@ def test_control_messages_drive_the_session():
 
 def test_hello_defaults_play_and_nothing_held():
     s = session()
-    s.receive(control(p.HELLO, {"ruid": 0, "client": "c1"}))
+    s.receive(control(p.HELLO, signed(0, "c1")))
     assert s.mode == "play" and s.state is State.WAITING_STRATEGY
 
 
 @pytest.mark.parametrize("messages, error", [
     ([control(p.CREDIT, {"until": 1})], "CREDIT before HELLO"),
-    ([control(p.HELLO, {"ruid": 1, "client": "c"}), control(p.HELLO, {"ruid": 1, "client": "c"})], "second HELLO"),
+    ([control(p.HELLO, signed(1, "c")), control(p.HELLO, signed(1, "c"))], "second HELLO"),
     ([control(p.HELLO, {"ruid": "7", "client": "c"})], "'ruid' must be"),
     ([control(p.HELLO, {"ruid": True, "client": "c"})], "'ruid' must be"),
     ([control(p.HELLO, {"ruid": 7, "client": ""})], "'client' must be"),
     ([control(p.HELLO, {"ruid": 7, "client": "c", "mode": "rewind"})], "'mode' must be"),
-    ([control(p.HELLO, {"ruid": 7, "client": "c", "held": "***"})], "'held' is not a frame mask"),
-    ([control(p.HELLO, {"ruid": 7, "client": "c", "held": "AAAA"})], "'held' is not a frame mask"),
-    ([control(p.HELLO, {"ruid": 7, "client": "c", "held": 5})], "'held' must be"),
-    ([control(p.HELLO, {"ruid": 7, "client": "c"}), control(p.CREDIT, {"until": -1})], "'until' must be"),
-    ([control(p.HELLO, {"ruid": 7, "client": "c"}), control(p.CREDIT, {})], "'until' must be"),
-    ([control(p.HELLO, {"ruid": 7, "client": "c"}), control(p.RESEND, {"frames": [1, "2"]})], "'frames' must"),
-    ([control(p.HELLO, {"ruid": 7, "client": "c"}), control(p.RESEND, {"frames": 3})], "'frames' must"),
+    ([control(p.HELLO, signed(7, "c", held="***"))], "'held' is not a frame mask"),
+    ([control(p.HELLO, signed(7, "c", held="AAAA"))], "'held' is not a frame mask"),
+    ([control(p.HELLO, signed(7, "c", held=5))], "'held' must be"),
+    ([control(p.HELLO, signed(7, "c")), control(p.CREDIT, {"until": -1})], "'until' must be"),
+    ([control(p.HELLO, signed(7, "c")), control(p.CREDIT, {})], "'until' must be"),
+    ([control(p.HELLO, signed(7, "c")), control(p.RESEND, {"frames": [1, "2"]})], "'frames' must"),
+    ([control(p.HELLO, signed(7, "c")), control(p.RESEND, {"frames": 3})], "'frames' must"),
 ])
 def test_malformed_or_out_of_order_control_is_a_protocol_error(messages, error):
     s = session()
@@ -359,4 +363,4 @@ def test_malformed_or_out_of_order_control_is_a_protocol_error(messages, error):
 
 def test_wait_must_be_positive():
     with pytest.raises(ValueError):
-        StreamSession(ME, Clock(), 0)
+        StreamSession(ME, Clock(), 0, tokens=TOKENS)

@@ -15,7 +15,7 @@ from vod.server.stream import CLOSE_GRACE, FRAMES_PER_TURN, StreamConnection, St
 from vod.strategy.mask import FrameMask
 from vod.stream import protocol as p
 
-from test_server_support import DataClient, check_frames, credit, hello, make_store
+from test_server_support import TOKENS, DataClient, check_frames, credit, hello, make_store
 
 WAIT = 5.0
 
@@ -24,6 +24,7 @@ class FakeHost:
     """The server as a connection sees it: movies, the stripes it knows, who is open."""
 
     server_id = "s1"
+    tokens = TOKENS
 
     def __init__(self, movies):
         self.movies = movies

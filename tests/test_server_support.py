@@ -11,8 +11,12 @@ from vod.media.store import MovieStore
 from vod.strategy.mask import FrameMask
 from vod.strategy.placement import Assignment, Strategy
 from vod.stream import protocol as p
+from vod.stream.tokens import StreamTokens
 
 FPS = 25.0
+SECRET = b"s" * 16  # the domain secret of the servers these tests build
+TOKENS = StreamTokens(SECRET)
+MINT = object()  # hello()'s default: the token the coordinator would have issued
 
 
 def jpeg(i: int) -> bytes:
@@ -38,8 +42,14 @@ def strategy(ruid: int, movie: str, frames: int, masks: dict[str, str], client: 
                     tuple(Assignment(server, FrameMask.from_text(text)) for server, text in masks.items()), ())
 
 
-def hello(ruid: int, client: str = "c1", held: FrameMask | None = None, mode: str = "play") -> bytes:
+def hello(ruid: int, client: str = "c1", held: FrameMask | None = None, mode: str = "play",
+          token: str | None | object = MINT) -> bytes:
+    """A HELLO; with the right stream token unless `token` is given (None: no token field at all)."""
     body = {"ruid": ruid, "client": client, "mode": mode}
+    if token is MINT:
+        token = TOKENS.mint(ruid, client)
+    if token is not None:
+        body["token"] = token
     if held is not None:
         body["held"] = mask_text(held)
     return p.encode_control(p.HELLO, body)

@@ -108,7 +108,8 @@ def test_admin_shows_strategies_and_requests(system, tmp_path):
     cluster, members = system
     go = tmp_path / "go"
     members.start("client", "c2", "--movie", "m", "--frames", "100", "--request-id", "req-9", "--go-file", str(go))
-    wait_for(lambda: members.events("c2", "StrategyAssigned"), 30, "strategy")
+    # The strategy is pushed just before the answer that the member writes as "opened": wait for both.
+    wait_for(lambda: members.step("c2", "opened") and members.events("c2", "StrategyAssigned"), 30, "strategy")
     ruid = members.step("c2", "opened")["ruid"]
     docs = json.loads(admin(cluster, "strategies", "--json"))
     doc = next(d for d in docs if d["ruid"] == ruid)
@@ -124,4 +125,4 @@ def test_admin_shows_strategies_and_requests(system, tmp_path):
     go.write_text("go")
     wait_for(lambda: members.step("c2", "done"), 60, "client finished")
     caches = json.loads(admin(cluster, "caches", "--json"))
-    assert {"client": "c2", "movie": "m", "frames": 100, "frame_count": 100} in caches
+    assert {"client": "c2", "user": "", "movie": "m", "frames": 100, "frame_count": 100} in caches

@@ -4,12 +4,17 @@
 Status, primary or not) and merges them: replicas with their roles, members
 with heartbeat ages, groups with their views. `--json` prints a stable
 document, keys documented in the README.
+
+With `--credential-file` it acts as that user: a viewer sees only its own
+requests (`requests`, `request`, `strategy`, `strategies`, `caches`); the
+cluster-wide views need an admin credential or the domain secret.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -17,10 +22,13 @@ from twisted.internet import defer
 
 from vod.addr import parse_addr_list
 from vod.cliutil import ArgumentParser, run
+from vod import adminusers
+from vod import localsocket
 from vod import adminviews as views
+from vod.credentials import VIEWER, UserCredential, add_credential_argument, read_credential
 from vod.errors import UsageError, VodError
 from vod.groups.control import call_once
-from vod.groups.wire import GetRequest, Requests, Status
+from vod.groups.wire import AuthFailed, GetRequest, Refused, Requests, Status
 from vod.strategy.mask import FrameMask
 from vod.strategy.placement import ServerInfo, make_strategy
 from twisted.protocols.amp import RemoteAmpError
@@ -33,11 +41,25 @@ class CoordinatorUnreachable(VodError):
     exit_code = 6
 
 
+class AccessRefused(VodError):
+    """The coordinator would not let us in, or not do this for us."""
+
+    exit_code = 7
+
+
+# What a viewer credential may ask for: its own requests. Everything else is cluster-wide (admin).
+VIEWER_COMMANDS = ("requests", "request", "strategy", "strategies", "caches")
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="vod-admin", description="Inspect and administer a coordinator group.")
-    p.add_argument("--coordinators", required=True, metavar="HOST:PORT,...",
-                   help="listen addresses of the coordinator replicas")
+    p.add_argument("--coordinators", metavar="HOST:PORT,...",
+                   help="listen addresses of the coordinator replicas (every command but user add); without "
+                        "it (and --socket), the local admin sockets of the coordinators running on this host")
+    p.add_argument("--socket", action="append", metavar="PATH",
+                   help="a coordinator's local admin socket (vod-coordinator --admin-socket); may be repeated")
     add_secret_argument(p)
+    add_credential_argument(p)
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each coordinator")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     def command(name, help):
@@ -53,9 +75,13 @@ def build_parser() -> ArgumentParser:
     c.add_argument("--servers", type=int, default=4, help="with --dry-run: how many servers may send")
     c.add_argument("--policy", default="weighted", choices=["weighted", "interleave"], help="with --dry-run")
     command("requests", "requests by state (pending, active, done...) with their ages")
+    c = command("request", "one request's log: its state changes, each strategy revision (restripes, failed "
+                           "servers) and which server's frames arrived, as far as the coordinator knows")
+    c.add_argument("ruid", type=int, help="the request's RUID")
     command("groups", "groups (domains and video groups) with their views")
     command("servers", "servers: movies, capacity, active streams, health")
     command("caches", "which client holds which frames of which movie (from CDONE)")
+    adminusers.add_user_command(sub)
     return p
 
 
@@ -63,15 +89,21 @@ async def ask_status(reactor, addr: str, secret: bytes, timeout: float) -> dict:
     return (await call_once(reactor, addr, secret, ADMIN_ID, Status, timeout=timeout))["status"]
 
 
-async def gather_status(reactor, coordinators: list[str], secret: bytes, timeout: float) -> dict:
+async def gather_answers(reactor, coordinators: list[str], secret: bytes,
+                         timeout: float) -> list[tuple[str, dict | None, str | None]]:
+    """(address, status or None, error or None) from every coordinator, as `merge_status` takes them."""
     async def one(addr):
         try:
             return addr, await defer.ensureDeferred(ask_status(reactor, addr, secret, timeout)), None
         except Exception as err:  # each unreachable replica is reported, not fatal
             return addr, None, f"{type(err).__name__}: {err}"
 
-    answers = await defer.gatherResults([defer.ensureDeferred(one(a)) for a in coordinators])
-    return merge_status(answers)
+    return await defer.gatherResults([defer.ensureDeferred(one(a)) for a in coordinators])
+
+
+def route(answers: list[tuple[str, dict | None, str | None]], listen: str) -> str:
+    """The address we asked that reached the replica listening on `listen`: a local socket stays the way in."""
+    return next((addr for addr, status, _ in answers if status and status["replica"]["listen"] == listen), listen)
 
 
 def merge_status(answers: list[tuple[str, dict | None, str | None]]) -> dict:
@@ -141,17 +173,40 @@ def print_status(doc: dict, out=sys.stdout) -> None:
         print(f"  {g['name']:24} view {g['view_id']:<4} {', '.join(g['members'])}", file=out)
 
 
-async def collect(reactor, args, coordinators: list[str], secret: bytes) -> dict:
-    """Status from every replica, then what the command needs from the best one (the primary if any)."""
-    doc = await gather_status(reactor, coordinators, secret, args.timeout)
-    data = {"status": doc}
-    if args.command == "status" or args.command == "groups":
-        return data
-    target = doc["answered_by"]
-    listing = await call_once(reactor, target, secret, ADMIN_ID, Requests, timeout=args.timeout)
-    data.update(listing)
-    if args.command == "strategies" or (args.command == "strategy" and args.ruid is not None):
-        ruids = [args.ruid] if args.command == "strategy" else [r["ruid"] for r in listing["requests"]]
+async def first_answer(reactor, coordinators: list[str], key, command, timeout: float) -> tuple[str, dict]:
+    """(address, answer) of the first coordinator that answers `command`; a refusal is final."""
+    errors = []
+    for addr in coordinators:
+        try:
+            return addr, await call_once(reactor, addr, key, ADMIN_ID, command, timeout=timeout)
+        except (Refused, AuthFailed):
+            raise
+        except Exception as err:  # down or unreachable: the next one may answer
+            errors.append(f"{addr}: {type(err).__name__}: {err}")
+    raise CoordinatorUnreachable("no coordinator answered: " + "; ".join(errors))
+
+
+async def collect(reactor, args, coordinators: list[str], secret: bytes | UserCredential) -> dict:
+    """Status from every replica, then what the command needs from the best one (the primary if any).
+
+    A viewer may not ask for Status: it reads its own requests from the first replica that answers."""
+    if isinstance(secret, UserCredential) and secret.role == VIEWER:
+        target, listing = await first_answer(reactor, coordinators, secret, Requests, args.timeout)
+        data = {"status": None, **listing}
+    else:
+        answers = await gather_answers(reactor, coordinators, secret, args.timeout)
+        doc = merge_status(answers)
+        data = {"status": doc}
+        if args.command in ("status", "groups"):
+            return data
+        target = route(answers, doc["answered_by"])
+        if args.command == "user":
+            data["message"] = await adminusers.set_access(reactor, args, target, secret, ADMIN_ID)
+            return data
+        listing = await call_once(reactor, target, secret, ADMIN_ID, Requests, timeout=args.timeout)
+        data.update(listing)
+    if args.command == "strategies" or (args.command in ("strategy", "request") and args.ruid is not None):
+        ruids = [args.ruid] if args.command != "strategies" else [r["ruid"] for r in listing["requests"]]
         records = []
         for ruid in ruids:
             answer = await call_once(reactor, target, secret, ADMIN_ID, GetRequest, timeout=args.timeout, ruid=ruid)
@@ -171,6 +226,11 @@ def render(args, data: dict) -> tuple[Any, str]:
         return data["requests"], views.requests_table(data["requests"])
     if args.command == "caches":
         return data["caches"], views.caches_table(data["caches"])
+    if args.command == "request":
+        doc = views.request_log(data["records"][0])
+        return doc, views.request_log_text(doc)
+    if args.command == "user":
+        return {"message": data["message"]}, data["message"]
     if args.command == "servers":
         servers = views.servers_doc(status, data["requests"])
         return servers, views.servers_table(servers)
@@ -204,12 +264,48 @@ def status_text(doc: dict) -> str:
     return out.getvalue().rstrip("\n")
 
 
+def read_key(args) -> bytes | UserCredential:
+    """The domain secret, or the user credential given instead; a viewer asking for more is told at once."""
+    if not args.credential_file:
+        return read_secret(args.secret_file)
+    if args.secret_file:
+        raise UsageError("give --secret-file or --credential-file, not both")
+    credential = read_credential(args.credential_file)
+    wanted = args.command + (" --dry-run" if getattr(args, "dry_run", None) else "")
+    if credential.role == VIEWER and (args.command not in VIEWER_COMMANDS or wanted.endswith("--dry-run")):
+        raise UsageError(f"vod-admin {wanted} needs the admin role; {args.credential_file} is user "
+                         f"{credential.user} ({VIEWER}), which sees only its own requests "
+                         f"({', '.join(VIEWER_COMMANDS)}): use an admin credential or --secret-file")
+    return credential
+
+
+def coordinator_addresses(args, env=None) -> list[str]:
+    """--coordinators; else --socket paths; else the admin sockets of this host's coordinators (unix:PATH)."""
+    if args.coordinators and args.socket:
+        raise UsageError("give --coordinators or --socket, not both")
+    if args.coordinators:
+        return parse_addr_list(args.coordinators, "--coordinators")
+    if args.socket:
+        for path in args.socket:  # the directory is the wall against a socket planted by somebody else
+            localsocket.check_private_dir(os.path.dirname(os.path.abspath(path)), flag="--socket")
+        return [localsocket.unix_address(path) for path in args.socket]
+    directory = localsocket.socket_dir(env)
+    found = localsocket.find_sockets(directory, flag="--socket")
+    if not found:
+        raise UsageError(f"vod-admin {args.command} asks the coordinators: give --coordinators HOST:PORT,... or "
+                         f"--socket PATH (no coordinator socket in {directory} on this host)")
+    return [localsocket.unix_address(path) for path in found]
+
+
 def entry(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "strategy" and (args.ruid is None) == (args.dry_run is None):
         raise UsageError("strategy: give a RUID, or --dry-run MOVIE")
-    coordinators = parse_addr_list(args.coordinators, "--coordinators")
-    secret = read_secret(args.secret_file)
+    secret = read_key(args)
+    if args.command == "user" and args.action == "add":
+        print(adminusers.issue(args, adminusers.check_issuer(secret)))
+        return 0
+    coordinators = coordinator_addresses(args)
     from twisted.internet.task import react
 
     result = {}
@@ -219,6 +315,12 @@ def entry(argv: Sequence[str]) -> int:
             result["data"] = await collect(reactor, args, coordinators, secret)
         except VodError as err:
             result["error"] = err
+        except AuthFailed as err:
+            result["error"] = AccessRefused(
+                f"the coordinator refused to authenticate us ({err}): the --secret-file or --credential-file is "
+                "not this domain's, the secret was rotated since the credential was issued, or the user is revoked")
+        except Refused as err:
+            result["error"] = AccessRefused(f"the coordinator refused: {err}")
         except RemoteAmpError as err:
             result["error"] = VodError(f"the coordinator refused: {err}")
         except Exception as err:  # a refusal (Refused, AuthFailed...) from the coordinator
@@ -231,7 +333,7 @@ def entry(argv: Sequence[str]) -> int:
     if "error" in result:
         raise result["error"]
     doc, text = render(args, result["data"])
-    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else text)
+    print(json.dumps(doc, indent=2, sort_keys=True) if getattr(args, "json", False) else text)
     return 0
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any, Iterable, Sequence
 
+from vod.coordinator.requests import mask_from_text
+from vod.strategy.mask import FrameMask
 from vod.strategy.placement import Strategy
 
 MASK_PREVIEW = 48
@@ -74,9 +76,9 @@ def strategy_text(doc: dict) -> str:
 
 
 def requests_table(summaries: Sequence[dict], now: float | None = None) -> str:
-    rows = [(s["ruid"], s["request_id"], s["client"], s["movie"], s["state"], age(s["opened_at"], now),
-             age(s["changed_at"], now), s["reason"]) for s in summaries]
-    return table(["RUID", "request id", "client", "movie", "state", "age", "in state", "reason"], rows)
+    rows = [(s["ruid"], s["request_id"], s["client"], s.get("user") or "-", s["movie"], s["state"],
+             age(s["opened_at"], now), age(s["changed_at"], now), s["reason"]) for s in summaries]
+    return table(["RUID", "request id", "client", "user", "movie", "state", "age", "in state", "reason"], rows)
 
 
 def servers_doc(status: dict, summaries: Sequence[dict]) -> list[dict]:
@@ -103,3 +105,81 @@ def caches_table(caches: Sequence[dict]) -> str:
 
 def groups_table(groups: Sequence[dict]) -> str:
     return table(["group", "view", "members"], [(g["name"], g["view_id"], ", ".join(g["members"])) for g in groups])
+
+
+# -- one request's log (`vod-admin request RUID`): what its user may read about it ---------------------
+
+
+def _assignment_masks(assignments: Sequence[dict], frame_count: int) -> dict[str, FrameMask]:
+    return {a["server"]: mask_from_text(a["mask"], frame_count, f"{a['server']}'s mask") for a in assignments}
+
+
+def request_log(record: dict) -> dict:
+    """Every state change of a request, and per strategy revision which server had which frames.
+
+    `arrived` is what the coordinator knows: a revision's frames that the next revision (a restripe,
+    made from the client's held mask) no longer assigns had arrived; in the last revision, the frames
+    the client reported at CDONE. None where it cannot know (still streaming, failed, cancelled).
+    """
+    n = record["frame_count"]
+    history = record.get("history", [])
+    # Revision r's assignments: those the restripe to r + 1 replaced; the last revision's are the strategy's.
+    plans = [(h["revision"] - 1, h.get("replaced")) for h in history]
+    if record.get("strategy"):
+        plans.append((record["revision"], record["strategy"]["assignments"]))
+    started = {}
+    for entry in record.get("log", []):
+        started.setdefault(entry["revision"], entry["at"])
+    restripes = {h["revision"]: h for h in history}
+    held = mask_from_text(record["held"], n, "held mask") if record.get("held") else None
+    revisions, sources = [], {}
+    for i, (revision, assignments) in enumerate(plans):
+        if assignments is None:  # a record from before the log was kept: the revision's masks are gone
+            continue
+        masks = _assignment_masks(assignments, n)
+        after = plans[i + 1][1] if i + 1 < len(plans) else None
+        later = None
+        if after is not None:
+            later = FrameMask(n)
+            for mask in _assignment_masks(after, n).values():
+                later = later | mask
+        rows = []
+        for server, mask in masks.items():
+            arrived = mask - later if later is not None else mask & held if held is not None else None
+            count = None if arrived is None else arrived.count()
+            if count:
+                sources[server] = sources.get(server, 0) + count
+            rows.append({"server": server, "frames": mask.count(), "arrived": count, "first": mask.first()})
+        restripe = restripes.get(revision)
+        revisions.append({"revision": revision, "at": restripe["at"] if restripe else started.get(revision),
+                          "reason": "restripe" if restripe else "initial",
+                          "failed": list(restripe["failed"]) if restripe else [], "assignments": rows})
+    return {"ruid": record["ruid"], "user": record.get("user", ""), "client": record["client"],
+            "movie": record["movie"], "frame_count": n, "state": record["state"], "reason": record["reason"],
+            "log": list(record.get("log", [])), "revisions": revisions, "sources": sources,
+            "held": None if held is None else held.count()}
+
+
+def clock_time(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) + f".{int(stamp * 1000) % 1000:03d}"
+
+
+def request_log_text(doc: dict) -> str:
+    who = doc["client"] + (f" (user {doc['user']})" if doc["user"] else "")
+    parts = [f"RUID {doc['ruid']}: movie {doc['movie']} ({doc['frame_count']} frames) for {who}, {doc['state']}"
+             + (f": {doc['reason']}" if doc["reason"] else ""),
+             table(["time", "state", "revision", "what happened"],
+                   [(clock_time(e["at"]), e["state"], e["revision"], e["reason"]) for e in doc["log"]])]
+    for r in doc["revisions"]:
+        why = f"restripe after {', '.join(r['failed']) or 'a failure'} failed" if r["reason"] == "restripe" \
+            else "initial"
+        parts.append(f"revision {r['revision']} ({why}, {clock_time(r['at'])}):")
+        parts.append(table(["server", "frames", "arrived", "first frame"],
+                           [(a["server"], a["frames"], a["arrived"], a["first"]) for a in r["assignments"]]))
+    if doc["sources"]:
+        parts.append("frames by server, as far as the coordinator knows: " +
+                     ", ".join(f"{server} {count}" for server, count in doc["sources"].items()))
+    return "\n".join(parts)
+

@@ -15,6 +15,7 @@ from vod.cliutil import ArgumentParser, run
 from vod.errors import UsageError, VodError
 from vod.logsetup import setup_logging
 from vod.media.store import check_movie_id
+from vod.credentials import add_credential_argument, read_credential
 from vod.secrets import add_secret_argument, read_secret
 
 log = logging.getLogger("vod.client")
@@ -68,8 +69,19 @@ def build_parser() -> ArgumentParser:
                         "received with its server, revision and whether it was a duplicate, all with epoch "
                         "times (the logs' clock); see vod/client/trace.py. Off by default")
     add_secret_argument(p)
+    add_credential_argument(p)
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
+
+
+def client_key(args):
+    """A viewer's own credential (--credential-file), else the domain secret; the coordinator records the
+    request under the credential's user, and shows it to that user only."""
+    if args.credential_file:
+        if args.secret_file:
+            raise UsageError("give --secret-file or --credential-file, not both")
+        return read_credential(args.credential_file)
+    return read_secret(args.secret_file)
 
 
 def parse_listen(text: str, flag: str) -> tuple[str, int]:
@@ -304,8 +316,10 @@ def _play(args, trace) -> int:
     cache = None if args.no_cache else FrameCache(args.cache, args.movie)
 
     def member_factory(on_event):
-        return GroupMember(reactor, args.coordinator_list, read_secret(args.secret_file), client_id, "client",
-                           args.domain, member_address(http and f"{http.host}:{http.port}"), on_event=on_event)
+        key = client_key(args)
+        return GroupMember(reactor, args.coordinator_list, key, client_id, "client", args.domain,
+                           member_address(http and f"{http.host}:{http.port}"), user=getattr(key, "user", ""),
+                           on_event=on_event)
 
     def make_sinks(meta):
         sinks = []

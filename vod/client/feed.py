@@ -2,7 +2,7 @@
 frame, and comes back after a drop.
 
 The protocol (`vod.stream.protocol`): the client speaks first, HELLO {ruid,
-client, held, mode}, then CREDIT {until} as its playhead moves; the server
+client, held, mode, token}, then CREDIT {until} as its playhead moves; the server
 sends FRAME messages and END when it has sent all its frames. Here:
 
 - every frame's SHA-256 is checked; a bad one is dropped and asked for again
@@ -120,13 +120,14 @@ class ServerFeed(SerialInputs):
     """The frames of one server for one RUID. `revision` and `mask` follow the newest strategy."""
 
     def __init__(self, reactor, server_id: str, address: str, ruid: int, client_id: str, listener: FeedListener,
-                 *, revision: int, mask: FrameMask, fast: bool = False, connector: Connector | None = None,
-                 max_retries: int = DEFAULT_RETRIES):
+                 *, revision: int, mask: FrameMask, token: str, fast: bool = False,
+                 connector: Connector | None = None, max_retries: int = DEFAULT_RETRIES):
         self._reactor = reactor
         self.server_id = server_id
         self.address = address
         self.ruid = ruid
         self.client_id = client_id
+        self.token = token  # the coordinator's stream token for (ruid, client_id): servers want it in HELLO
         self.revision = revision
         self.mask = mask
         self.assigned = mask  # every frame any revision gave this server (a restripe's mask is only the rest)
@@ -261,7 +262,8 @@ class ServerFeed(SerialInputs):
         self._link = link
         held = self._listener.held_mask()
         link.send(wire.HELLO, {"ruid": self.ruid, "client": self.client_id,
-                               "held": base64.b64encode(held.to_bytes()).decode("ascii"), "mode": self.mode})
+                               "held": base64.b64encode(held.to_bytes()).decode("ascii"), "mode": self.mode,
+                               "token": self.token})
         if self._paused:
             link.send(wire.PAUSE)
         self._credit_sent = -1

@@ -304,8 +304,9 @@ class PlaybackSession(SerialInputs):
                              f"{', '.join(self.member.coordinators)}: check --coordinators and that "
                              "vod-coordinator runs there")
         if failure.check(CoordinatorRefused):
-            raise PlayFailed(f"the coordinator refused us: {failure.getErrorMessage()} (is the --secret-file the "
-                             "domain's, and the --id not in use by another client?)")
+            raise PlayFailed(f"the coordinator refused us: {failure.getErrorMessage()} (is the --secret-file or "
+                             "--credential-file the domain's and current, and the --id not in use by another "
+                             "client?)")
         return failure
 
     def _look_up(self, **_: Any) -> None:
@@ -441,7 +442,7 @@ class PlaybackSession(SerialInputs):
             feed = self.feeds.get(server)
             if feed is None or feed.state is FeedState.CLOSED:
                 feed = ServerFeed(self._reactor, server, address, self.ruid, self.client_id, self,
-                                  revision=event.revision, mask=mask, fast=self.options.fast,
+                                  revision=event.revision, mask=mask, token=event.token, fast=self.options.fast,
                                   connector=self._connector, max_retries=self.options.feed_retries)
                 self.feeds[server] = feed
                 if self.paused:

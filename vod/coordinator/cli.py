@@ -7,11 +7,13 @@ import os
 import sys
 from typing import Sequence
 
+from vod import localsocket
 from vod.addr import parse_addr, parse_addr_list
 from vod.cliutil import ArgumentParser, run
 from vod.errors import UsageError
 from vod.logsetup import setup_logging
 from vod.clock import MonotonicClock
+from vod.coordinator import limits
 from vod.secrets import add_secret_argument, read_secret
 
 log = logging.getLogger("vod.coordinator")
@@ -46,8 +48,39 @@ def build_parser() -> ArgumentParser:
                    help="the most servers one strategy stripes a movie across")
     p.add_argument("--policy", default="weighted", choices=["weighted", "interleave"],
                    help="shares by declared capacity (weighted) or equal shares (interleave)")
+    local = p.add_mutually_exclusive_group()
+    local.add_argument("--admin-socket", metavar="PATH",
+                       help="also listen on this UNIX socket (mode 600, in a directory of mode 700 that is yours) "
+                            "for local administration (vod-admin --socket PATH); default: "
+                            "$XDG_RUNTIME_DIR/vod/USER/coordinator-ID.sock, or /tmp/vod-UID/coordinator-ID.sock "
+                            "without XDG_RUNTIME_DIR")
+    local.add_argument("--no-admin-socket", action="store_true", help="listen on TCP only")
+    p.add_argument("--command-rate", type=float, default=limits.COMMAND_RATE, metavar="PER_SECOND",
+                   help="commands one connection may send per second (bursts of twice that); over it they are "
+                        "refused, and a connection that keeps on is closed; 0: no limit")
+    p.add_argument("--connection-rate", type=float, default=limits.CONNECTION_RATE, metavar="PER_SECOND",
+                   help="connections one peer host may open per second (bursts of twice that); 0: no limit")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
+
+
+def admin_socket(args) -> tuple[str | None, bool]:
+    """(path or None, whether failing to listen there is fatal), its directory made and checked private.
+
+    A path given with --admin-socket must work. The default one may be held by another coordinator
+    with the same id (two groups on one host): that replica then does without, with a warning."""
+    if args.no_admin_socket:
+        return None, False
+    path = args.admin_socket or localsocket.default_socket_path(args.replica_id)
+    try:
+        if localsocket.prepare_socket(path):
+            log.info("removed the stale admin socket %s", path)
+    except localsocket.SocketInUse as err:
+        if args.admin_socket:
+            raise
+        log.warning("no admin socket: %s", err)
+        return None, False
+    return path, bool(args.admin_socket)
 
 
 def entry(argv: Sequence[str]) -> int:
@@ -69,11 +102,14 @@ def entry(argv: Sequence[str]) -> int:
         raise UsageError("--failure-timeout must be > 0 and --grace >= 0")
     if not 0 < args.reconnect_grace <= args.failure_timeout:
         raise UsageError("--reconnect-grace must be > 0 and at most --failure-timeout")
+    if args.command_rate < 0 or args.connection_rate < 0:
+        raise UsageError("--command-rate and --connection-rate must be >= 0 (0: no limit)")
     try:
         os.makedirs(args.data, mode=0o700, exist_ok=True)
     except OSError as err:
         raise UsageError(f"--data {args.data}: {err.strerror}") from None
     setup_logging(args.log_level)
+    socket_path, socket_required = admin_socket(args)
     # The reactor and pysyncobj's tick thread hand every commit to each other: with the default 5 ms
     # GIL switch interval a waiting thread can sit out a whole interval, which shows in the p99.
     sys.setswitchinterval(0.0005)
@@ -87,7 +123,9 @@ def entry(argv: Sequence[str]) -> int:
                                  failure_timeout=args.failure_timeout, grace=args.grace, standby=args.standby,
                                  reconnect_grace=args.reconnect_grace,
                                  coordinators=coordinators, replace_after=args.replace_after,
-                                 clock=MonotonicClock(), policy=args.policy, max_servers=args.max_servers)
+                                 clock=MonotonicClock(), policy=args.policy, max_servers=args.max_servers,
+                                 admin_socket=socket_path, admin_socket_required=socket_required,
+                                 command_rate=args.command_rate, connection_rate=args.connection_rate)
     failed = []
 
     def start():

@@ -19,8 +19,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
-from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXServerEndpoint
 from twisted.internet.task import LoopingCall
 
 from vod.groups import commands as cmds
@@ -30,9 +29,12 @@ from vod.coordinator.machine import GroupMachine
 from vod.groups.raft import LEADER, NotCommitted, RaftLog, RaftSettings, RaftView
 from vod.groups.state import domain_group
 from vod.groups.wire import Refused
-from vod.strategy.mask import FrameMask
+from vod.strategy.mask import MAX_FRAMES, FrameMask
 from vod.strategy.placement import NoServers, ServerInfo, Strategy, make_strategy
 from vod.strategy.restripe import restripe
+from vod.stream.tokens import StreamTokens
+from vod.coordinator import access
+from vod.coordinator import limits
 from vod.coordinator import requests as rq
 from vod.coordinator.recruit import REPLICAS_TABLE, Recruiter, StandbyWaiter
 from vod.coordinator.session import MemberSession
@@ -48,12 +50,15 @@ class CoordinatorReplica:
                  grace: float = 2.0, check_interval: float = 0.02, standby: bool = False,
                  reconnect_grace: float = 0.5,
                  coordinators: list[str] = (), replace_after: float = 1.0, raft_factory=RaftLog, clock=None,
-                 policy: str = "weighted", max_servers: int = 4):
+                 policy: str = "weighted", max_servers: int = 4, admin_socket: str | None = None,
+                 admin_socket_required: bool = True, command_rate: float = limits.COMMAND_RATE,
+                 connection_rate: float = limits.CONNECTION_RATE):
         self.reactor = reactor
         self.replica_id = replica_id
         self.raft_addr = raft_addr
         self.listen = listen
         self.secret = secret
+        self.stream_tokens = StreamTokens(secret)  # what a client shows servers for its request's frames
         self.standby = standby
         self.grace = grace
         self.reconnect_grace = reconnect_grace
@@ -72,6 +77,10 @@ class CoordinatorReplica:
         self.clock = clock or reactor
         self.detector = FailureDetector(self.clock, failure_timeout)
         self.sessions: dict[str, MemberSession] = {}
+        self.admin_socket = admin_socket  # its directory was checked private by the caller (vod.localsocket)
+        self._admin_socket_required = admin_socket_required
+        self.command_rate = command_rate  # per connection; 0: no limit
+        self.connections = limits.ConnectionLimit(connection_rate, self.clock) if connection_rate > 0 else None
         self.acting = False
         self.raft_view: RaftView | None = None
         self._excluding: set[str] = set()
@@ -81,23 +90,52 @@ class CoordinatorReplica:
         self._checker = LoopingCall(self._check)
         self._checker.clock = reactor
         self._port = None
+        self._local_port = None
 
     # -- life cycle --------------------------------------------------------------------------------
 
     def start(self) -> defer.Deferred:
+        factory = limits.LimitedFactory(lambda: MemberSession(self), self.connections, self._refusing_host)
         host, port = self.listen.rsplit(":", 1)
-        endpoint = TCP4ServerEndpoint(self.reactor, int(port), interface=host)
-        d = endpoint.listen(Factory.forProtocol(lambda: MemberSession(self)))
+        d = TCP4ServerEndpoint(self.reactor, int(port), interface=host).listen(factory)
 
         def listening(port):
             self._port = port
+            return self._listen_locally(factory)
+
+        def started(_):
             if not self.standby:
                 self.raft.start()
             self._checker.start(self._check_interval, now=False)
             log.info("replica %s listening on %s, raft %s", self.replica_id, self.listen, self.raft_addr)
             return self
 
-        return d.addCallback(listening)
+        return d.addCallback(listening).addCallback(started)
+
+    def _listen_locally(self, factory) -> defer.Deferred:
+        """The local admin socket: same protocol, same authentication, file mode 600."""
+        if not self.admin_socket:
+            return defer.succeed(None)
+        d = UNIXServerEndpoint(self.reactor, self.admin_socket, mode=0o600).listen(factory)
+
+        def listening(port):
+            self._local_port = port
+            log.info("replica %s admin socket %s", self.replica_id, self.admin_socket)
+
+        def cannot(failure):
+            if self._admin_socket_required:
+                return failure
+            # The default path, taken by another coordinator meanwhile: members still reach us over TCP.
+            log.warning("no admin socket at %s: %s", self.admin_socket, failure.getErrorMessage())
+
+        return d.addCallbacks(listening, cannot)
+
+    def _refusing_host(self, host: str) -> None:
+        log.warning("refusing connections from %s: more than %g attempts per second", host, self.connections.rate)
+
+    def command_limit(self) -> limits.CommandLimit | None:
+        """A new connection's command rate limit (None when the limit is off)."""
+        return limits.CommandLimit(self.command_rate, self.clock) if self.command_rate > 0 else None
 
     def stop(self) -> defer.Deferred:
         if self._checker.running:
@@ -105,7 +143,8 @@ class CoordinatorReplica:
         self.raft.stop()
         for session in list(self.sessions.values()):
             session.transport.loseConnection()
-        return defer.maybeDeferred(self._port.stopListening) if self._port else defer.succeed(None)
+        ports = [p for p in (self._port, self._local_port) if p is not None]
+        return defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports])
 
     # -- role --------------------------------------------------------------------------------------
 
@@ -302,8 +341,8 @@ class CoordinatorReplica:
                 raise Refused(f"a movie entry is an object with an id, not {entry!r}")
             info = {"frame_count": entry.get("frame_count"), "fps": entry.get("fps"),
                     "width": entry.get("width"), "height": entry.get("height")}
-            if not isinstance(info["frame_count"], int) or info["frame_count"] <= 0:
-                raise Refused(f"movie {entry['id']}: frame_count must be a positive integer")
+            if not isinstance(info["frame_count"], int) or not 0 < info["frame_count"] <= MAX_FRAMES:
+                raise Refused(f"movie {entry['id']}: frame_count must be an integer in 1..{MAX_FRAMES}")
             if known.get(entry["id"]) not in (None, info):
                 raise Refused(f"movie {entry['id']}: {server_id} reports {info}, the catalogue has "
                               f"{known[entry['id']]}; one of the copies is not the same movie")
@@ -398,6 +437,25 @@ class CoordinatorReplica:
 
     def request_step(self, command: dict) -> defer.Deferred:
         return self.propose(command).addCallback(_raise_refusal)
+
+    def revoke_user(self, user: str, revoke: bool, by: str) -> defer.Deferred:
+        """Put `user` on the replicated revoked list (or take it off); once committed, close its connections."""
+        if revoke:
+            command = cmds.put_cmd(access.REVOKED_TABLE, user, {"at": round(time.time(), 3), "by": by})
+        elif self.raft.read(lambda m: user in m.state.table(access.REVOKED_TABLE)):
+            command = cmds.delete_cmd(access.REVOKED_TABLE, user)
+        else:
+            return defer.succeed(None)  # not revoked: nothing to restore
+
+        def committed(result):
+            _raise_refusal(result)
+            for session in list(self.sessions.values()):
+                principal = getattr(session, "principal", None)
+                if revoke and principal is not None and principal.user == user:
+                    session.transport.loseConnection()  # its member is excluded unless it can come back
+            return None
+
+        return self.propose(command).addCallback(committed)
 
     def register_standby(self, record: dict) -> list[str]:
         """A standby offered itself: remember it, record it once, and tell it the current voters."""

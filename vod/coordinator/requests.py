@@ -10,6 +10,11 @@ that takes over holds every request exactly where it was. A request is keyed
 by its RUID and, for retries, by the client's own request id: opening the same
 (client, request id) again answers with the same RUID and changes nothing.
 
+Each request belongs to the user its client joined as (`user`, "" for a client
+holding the domain secret): only that user's clients act on it. Its `log` keeps
+every state change, and each restripe keeps the assignments it replaced, so
+the user can read where each frame came from (`vod-admin request RUID`).
+
 Each step that touches the video group does so in the same log entry:
 `strategize` creates `video:RUID` with the client and the strategy's servers
 (their VIEW is the seed's "join the video group"), and `cdone`, `cancel` and
@@ -27,7 +32,7 @@ from vod.groups import commands as group_cmds
 from vod.groups.commands import BadCommand
 from vod.groups.events import Event, RequestChanged, StrategyAssigned
 from vod.groups.state import GroupState, video_group
-from vod.strategy.mask import FrameMask
+from vod.strategy.mask import FrameMask, MaskTooLong
 
 REQUEST_VERSION = 1
 PENDING, STRATEGIZED, STREAMING = "pending", "strategized", "streaming"
@@ -60,6 +65,8 @@ def mask_from_text(text: Any, frame_count: int, what: str) -> FrameMask:
     try:
         data = base64.b64decode(text.encode("ascii"), validate=True)
         mask = FrameMask.from_bytes(data, max_length=frame_count)
+    except MaskTooLong as err:  # decoding stopped at the movie's length: nothing that size was allocated
+        raise BadCommand(f"{what} covers {err.frames} frames; the movie has {frame_count}") from None
     except Exception as err:
         raise BadCommand(f"{what}: not a valid frame mask ({err})") from None
     if len(mask) != frame_count:
@@ -125,7 +132,7 @@ def summary(record: Mapping[str, Any]) -> dict[str, Any]:
     """A request without its masks: what `vod-admin requests/strategies` lists."""
     strategy = record.get("strategy") or {}
     return {"ruid": record["ruid"], "request_id": record["request_id"], "client": record["client"],
-            "movie": record["movie"], "state": record["state"], "reason": record["reason"],
+            "user": record.get("user", ""), "movie": record["movie"], "state": record["state"], "reason": record["reason"],
             "revision": record["revision"], "frame_count": record["frame_count"],
             "servers": [a["server"] for a in strategy.get("assignments", [])],
             "backups": list(strategy.get("backups", [])),
@@ -202,6 +209,9 @@ class RequestBook:
         key = f"{client}|{request_id}"
         if key in self._by_request_id:
             record = self._requests[self._by_request_id[key]]
+            if record.get("user", "") != member.user:  # the client id was another user's before
+                raise BadCommand(f"request id {request_id} of client {client} belongs to another user; "
+                                 "use another request id or client id")
             return [(self._changed(record, "retry of an open request"), (client,))]
         info = groups.table(MOVIES_TABLE).get(movie)
         if info is None:
@@ -211,9 +221,10 @@ class RequestBook:
             raise BadCommand("the wanted mask is empty: nothing to send")
         ruid = next(e.ruid for e in groups.apply(group_cmds.next_ruid_cmd()) if hasattr(e, "ruid"))
         record = {"v": REQUEST_VERSION, "ruid": ruid, "request_id": request_id, "client": client,
-                  "domain": member.domain, "movie": movie, "frame_count": int(info["frame_count"]),
-                  "wanted": wanted, "state": PENDING, "strategy": None, "revision": 0, "history": [],
-                  "reason": "", "opened_at": self._now, "changed_at": self._now}
+                  "user": member.user, "domain": member.domain, "movie": movie,
+                  "frame_count": int(info["frame_count"]), "wanted": wanted, "state": PENDING, "strategy": None,
+                  "revision": 0, "history": [], "reason": "", "opened_at": self._now, "changed_at": self._now,
+                  "log": [{"at": self._now, "state": PENDING, "reason": "admitted", "revision": 0}]}
         self._requests[ruid] = record
         self._by_request_id[key] = ruid
         self._active.add(ruid)
@@ -235,8 +246,9 @@ class RequestBook:
         # new strategy reaches them; failed servers are already out of it.
         pushed: list[Pushed] = [(e, None) for e in groups.apply(
             group_cmds.regroup_cmd(group, [record["client"], *servers]))]
-        record["history"].append({"at": self._now, "failed": list(failed),
-                                  "revision": record["revision"] + 1})
+        # The replaced assignments stay: the frames they covered that the new strategy drops had arrived.
+        record["history"].append({"at": self._now, "failed": list(failed), "revision": record["revision"] + 1,
+                                  "replaced": copy.deepcopy(record["strategy"]["assignments"])})
         return pushed + self._assign(groups, record, strategy, "restripe", record["state"])
 
     def _assign(self, groups: GroupState, record: dict, strategy: dict, reason: str, state: str) -> list[Pushed]:
@@ -251,24 +263,26 @@ class RequestBook:
         return [(event, tuple(members)), (self._changed(record, reason), (record["client"],))]
 
     def _start(self, groups: GroupState, ruid, client) -> list[Pushed]:
-        record = self._owned(ruid, client)
+        record = self._owned(ruid, client, groups)
         self._step(ruid, "start")
         self._move(record, STREAMING, groups, "first frames arrived")
         return [(self._changed(record, "streaming"), (client,))]
 
     def _cdone(self, groups: GroupState, ruid, client, held) -> list[Pushed]:
-        record = self._owned(ruid, client)
+        record = self._owned(ruid, client, groups)
         if record["state"] == DONE:
             return []  # a retry after a lost answer: already done, nothing changes
         self._step(ruid, "cdone")
         held_mask = mask_from_text(held, record["frame_count"], "held mask")
-        self._caches[f"{client}|{record['movie']}"] = {"client": client, "movie": record["movie"], "mask": held,
+        self._caches[f"{client}|{record['movie']}"] = {"client": client, "user": record.get("user", ""),
+                                                       "movie": record["movie"], "mask": held,
                                                        "frames": held_mask.count(),
                                                        "frame_count": record["frame_count"]}
+        record["held"] = held
         return self._end(groups, record, DONE, f"CDONE with {held_mask.count()} of {record['frame_count']} frames")
 
     def _cancel(self, groups: GroupState, ruid, client) -> list[Pushed]:
-        record = self._owned(ruid, client)
+        record = self._owned(ruid, client, groups)
         if record["state"] == CANCELLED:
             return []  # a retry after a lost answer
         self._step(ruid, "cancel")
@@ -301,12 +315,15 @@ class RequestBook:
             raise BadCommand(f"request {ruid} is {record['state']}: cannot {action}")
         return record
 
-    def _owned(self, ruid: Any, client: Any) -> dict:
+    def _owned(self, ruid: Any, client: Any, groups: GroupState) -> dict:
         record = self._requests.get(ruid) if isinstance(ruid, int) else None
         if record is None:
             raise BadCommand(f"no request with RUID {ruid!r}")
         if record["client"] != client:
             raise BadCommand(f"request {ruid} belongs to another client")
+        member = groups.members.get(client)
+        if member is not None and member.user != record.get("user", ""):
+            raise BadCommand(f"request {ruid} belongs to another user")  # the client id changed hands
         return record
 
     def _move(self, record: dict, state: str, groups: GroupState, reason: str) -> None:
@@ -317,6 +334,8 @@ class RequestBook:
         record["state"] = state
         record["reason"] = reason
         record["changed_at"] = self._now
+        record.setdefault("log", []).append({"at": self._now, "state": state, "reason": reason,
+                                             "revision": record["revision"]})
 
     def _end(self, groups: GroupState, record: dict, state: str, reason: str) -> list[Pushed]:
         group = video_group(record["ruid"])

@@ -3,6 +3,9 @@
 Connection life: UNAUTHENTICATED --Challenge--> CHALLENGED --Authenticate--> AUTHENTICATED
 --Join/Resume--> MEMBER. A command out of order, a wrong MAC or a malformed
 box closes this connection with one log line; nothing else is disturbed.
+Authentication fixes the connection's principal (domain secret, or a user
+credential and its role); what each may do is `vod/coordinator/access.py`,
+and a command it may not do is refused with one log line.
 """
 
 from __future__ import annotations
@@ -12,15 +15,20 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from twisted.internet import defer
 from twisted.protocols import amp
 
+from vod import credentials
+from vod.coordinator import access
+from vod.coordinator import limits
 from vod.coordinator import requests as rq
+from vod.coordinator.strictamp import StrictAMP
 from vod.groups import commands as cmds
 from vod.groups.commands import BadCommand
 from vod.groups.wire import (
-    MAX_JSON, PROTOCOL_VERSION, AuthFailed, Authenticate, Cast, Challenge, Deliver, Heartbeat, Join, Leave,
+    COMMON_ERRORS, MAX_JSON, PROTOCOL_VERSION, AuthFailed, Authenticate, Cast, Challenge, Deliver, Heartbeat, Join, Leave,
     CDone, Cancel, GetRequest, NextRuid, NotPrimary, OpenRequest, Progress, Refused, RegisterMovies, RegisterStandby,
-    Requests, Resume, Started, Status, auth_mac,
+    Requests, Resume, RevokeUser, Started, Status, auth_mac,
 )
 
 if TYPE_CHECKING:
@@ -29,28 +37,75 @@ if TYPE_CHECKING:
 log = logging.getLogger("vod.coordinator.session")
 
 UNAUTHENTICATED, CHALLENGED, AUTHENTICATED, MEMBER = "unauthenticated", "challenged", "authenticated", "member"
+# AMP bounds each key (255 bytes) and value (65,535) but not how many a box holds. The largest box a member
+# sends is a Join or RegisterMovies with one full JSON value (MAX_JSON): four times that is ample.
+MAX_BOX_BYTES = 4 * MAX_JSON
+# A peer that has not authenticated by then is closed: idle half-open connections must not pile up.
+AUTH_TIMEOUT = 10.0
 
 
-class MemberSession(amp.AMP):
+class MemberSession(StrictAMP):
+    _auth_deadline = None  # set when the connection is made
     def __init__(self, replica: "CoordinatorReplica"):
         super().__init__()
         self.replica = replica
         self.phase = UNAUTHENTICATED
         self.member_id: str | None = None
+        self.principal: access.Principal | None = None
         self._nonce: bytes | None = None
+        self._commands = replica.command_limit()  # None: no limit
+        self._box_bytes = 0  # of the box being read
 
     def connectionMade(self):
         super().connectionMade()
         # Answers are small and written after pushes: without this, Nagle holds them ~40 ms.
         self.transport.setTcpNoDelay(True)
+        self._auth_deadline = self.replica.reactor.callLater(AUTH_TIMEOUT, self._authentication_overdue)
+
+    def _authentication_overdue(self) -> None:
+        if self.phase in (UNAUTHENTICATED, CHALLENGED):
+            self._refuse_connection(f"not authenticated within {AUTH_TIMEOUT:g} s")
 
     def _peer(self) -> str:
         peer = self.transport.getPeer() if self.transport else None
+        if peer is not None and not hasattr(peer, "host"):
+            return "the local socket"
         return f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
 
     def _refuse_connection(self, why: str) -> None:
         log.warning("closing connection from %s (%s): %s", self._peer(), self.member_id or "unauthenticated", why)
+        self.pauseProducing()  # read nothing more: boxes already buffered behind this one are not run
         self.transport.loseConnection()
+
+    # -- limits ---------------------------------------------------------------------------------------
+
+    def locateResponder(self, name):
+        """Every command passes the connection's rate limit first; over it, it is refused unparsed and unrun."""
+        verdict = limits.ALLOW if self._commands is None else self._commands.check()
+        if verdict == limits.ALLOW:
+            return super().locateResponder(name)
+        refusal = self._commands.refusal()
+        if verdict == limits.CLOSE:
+            self._refuse_connection(f"{self._commands.strikes} commands in a row over the rate limit")
+        return lambda box: defer.fail(amp.RemoteAmpError(COMMON_ERRORS[Refused], refusal))
+
+    def proto_init(self, string):
+        self._box_bytes = 0
+        return super().proto_init(string)
+
+    def proto_value(self, string):
+        self._box_bytes += len(self._currentKey) + len(string) + 4  # as framed: two 16-bit lengths
+        if self._box_bytes > MAX_BOX_BYTES:
+            self._refuse_connection(f"an AMP box of more than {MAX_BOX_BYTES} bytes")
+            return "key"  # the value is dropped; reading has stopped
+        return super().proto_value(string)
+
+    def before_parsing(self, command: bytes) -> None:
+        """Before authentication only Challenge, then Authenticate: anything else is refused unread."""
+        first = {UNAUTHENTICATED: Challenge, CHALLENGED: Authenticate}.get(self.phase)
+        if first is not None and command != first.commandName:
+            self._refuse_connection(f"{command[:40]!r} in state {self.phase}")
+            raise AuthFailed(f"not allowed in state {self.phase}")
 
     def _require(self, *states: str) -> None:
         if self.phase not in states:
@@ -60,6 +115,18 @@ class MemberSession(amp.AMP):
     def _require_primary(self) -> None:
         if not self.replica.is_primary_now():
             raise NotPrimary(self.replica.primary_listen())
+
+    def _checked(self, check, *args):
+        """Run an access check; a refusal is logged once, with who asked, and answered (the link stays)."""
+        try:
+            return check(self.principal, *args)
+        except Refused as refusal:
+            log.warning("refused %s from %s (%s): %s", self.member_id, self._peer(),
+                        self.principal.label if self.principal else "unauthenticated", refusal)
+            raise
+
+    def _authorise(self, command: str) -> None:
+        self._checked(access.authorise, command)
 
     # -- authentication ------------------------------------------------------------------------------
 
@@ -74,13 +141,28 @@ class MemberSession(amp.AMP):
         return {"nonce": self._nonce, "replica": self.replica.replica_id}
 
     @Authenticate.responder
-    def authenticate(self, member_id: str, mac: bytes):
+    def authenticate(self, member_id: str, mac: bytes, user: str | None = None, role: str | None = None):
         self._require(CHALLENGED)
-        expected = auth_mac(self.replica.secret, self._nonce, member_id)
-        if not member_id or len(member_id) > 200 or not hmac.compare_digest(expected, mac):
-            self._refuse_connection(f"wrong secret from a peer claiming to be {member_id[:200]!r}")
+        if user is None and role is None:
+            key, principal, what = self.replica.secret, access.SECRET_HOLDER, "wrong secret"
+        else:
+            try:
+                key = credentials.derive(self.replica.secret, user, role)
+            except Exception:  # a malformed user or role (or one of them missing): no such credential
+                key = b""
+            principal, what = access.Principal(user, role), f"wrong credential for user {str(user)[:64]!r}"
+        expected = auth_mac(key, self._nonce, member_id)
+        if not key or not member_id or len(member_id) > 200 or not hmac.compare_digest(expected, mac):
+            self._refuse_connection(f"{what} from a peer claiming to be {member_id[:200]!r}")
             raise AuthFailed("authentication failed")
+        revoked = self.replica.raft.read(lambda m: m.state.table(access.REVOKED_TABLE))
+        try:
+            access.check_not_revoked(principal, revoked)
+        except Refused as refusal:
+            self._refuse_connection(str(refusal))
+            raise AuthFailed(str(refusal)) from None
         self.member_id = member_id
+        self.principal = principal
         self.phase = AUTHENTICATED
         return {}
 
@@ -104,6 +186,8 @@ class MemberSession(amp.AMP):
         self._require_primary()
         if not isinstance(movies, list):
             raise Refused("movies must be a list of movie ids")
+        user = self._checked(access.join_user, kind, user)
+        self._check_member_owner()
         d = self.replica.join(self, kind, domain, address, user, capacity, movies)
 
         def joined(view):
@@ -117,10 +201,16 @@ class MemberSession(amp.AMP):
 
         return d.addCallback(joined).addErrback(self._as_refusal).addErrback(refused)
 
+    def _check_member_owner(self) -> None:
+        """Before this connection takes the member id over: a user may take only its own members."""
+        member = self.replica.raft.read(lambda m: m.state.members.get(self.member_id))
+        self._checked(access.check_member, self.member_id, None if member is None else member.user)
+
     @Resume.responder
     def resume(self, positions):
         self._require(AUTHENTICATED, MEMBER)
         self._require_primary()
+        self._check_member_owner()
         self._take_over()
         owed = self.replica.resume(self, positions if isinstance(positions, dict) else {})
         if owed is None:
@@ -148,6 +238,7 @@ class MemberSession(amp.AMP):
     @Cast.responder
     def cast(self, group, view_id, payload):
         self._require(MEMBER)
+        self._authorise("Cast")
         self._require_primary()
         if not isinstance(payload, dict):
             raise Refused("a cast payload is a JSON object")
@@ -164,12 +255,14 @@ class MemberSession(amp.AMP):
     @NextRuid.responder
     def next_ruid(self):
         self._require(MEMBER, AUTHENTICATED)
+        self._authorise("NextRuid")
         self._require_primary()
         return self.replica.next_ruid().addCallback(lambda ruid: {"ruid": ruid}).addErrback(self._as_refusal)
 
     @RegisterStandby.responder
     def register_standby(self, replica_id, raft, listen):
         self._require(AUTHENTICATED)
+        self._authorise("RegisterStandby")
         self._require_primary()
         if self.member_id != f"replica:{replica_id}":
             self._refuse_connection(f"standby registration for {replica_id!r} from {self.member_id!r}")
@@ -188,6 +281,7 @@ class MemberSession(amp.AMP):
 
     @RegisterMovies.responder
     def register_movies(self, movies):
+        self._authorise("RegisterMovies")
         self._member_of_kind("server")
         if not isinstance(movies, list) or len(movies) > 10_000:
             raise Refused("movies must be a list (at most 10,000 entries)")
@@ -197,11 +291,23 @@ class MemberSession(amp.AMP):
     @OpenRequest.responder
     def open_request(self, request_id, movie, wanted):
         self._member_of_kind("client")
+        info = self.replica.raft.read(lambda m: m.state.row(rq.MOVIES_TABLE, movie))
+        if info is not None:  # (an unknown movie is refused when applied, in the catalogue's words)
+            _fits_movie(wanted, int(info["frame_count"]), "wanted mask")
         d = self.replica.open_request(self.member_id, request_id, movie, wanted)
         return d.addCallback(lambda r: {"ruid": r[0], "state": r[1]}).addErrback(self._as_refusal)
 
+    def _own_request(self, ruid) -> dict:
+        """The record of `ruid`, if this connection's user may act on it (checked again when applied)."""
+        record = self.replica.raft.read(lambda m: m.requests.request(ruid))
+        self._checked(access.check_owner, ruid, record)
+        return record
+
     def _request_step(self, command):
         self._member_of_kind("client")
+        record = self._own_request(command["ruid"])
+        if "held" in command:  # a CDONE: a mask that does not fit the movie costs no log entry
+            _fits_movie(command["held"], record["frame_count"], "held mask")
         return self.replica.request_step(command).addCallback(lambda _: {}).addErrback(self._as_refusal)
 
     @Started.responder
@@ -211,13 +317,10 @@ class MemberSession(amp.AMP):
     @Progress.responder
     def progress(self, ruid, held):
         self._member_of_kind("client")
-        record = self.replica.raft.read(lambda m: m.requests.request(ruid))
-        if record is None or record["client"] != self.member_id:
+        record = self._own_request(ruid)
+        if record["client"] != self.member_id:
             raise Refused(f"request {ruid} is not yours")
-        try:
-            rq.mask_from_text(held, record["frame_count"], "held mask")
-        except Exception as err:
-            raise Refused(str(err)) from None
+        _fits_movie(held, record["frame_count"], "held mask")
         self.replica.report_progress(ruid, held)
         return {}
 
@@ -231,29 +334,46 @@ class MemberSession(amp.AMP):
 
     @Requests.responder
     def requests(self):
+        """Every request and cache an admin may see; a viewer gets its own user's only (the catalogue: all)."""
         self._require(AUTHENTICATED, MEMBER)
+        see = self.principal
         return self.replica.raft.read(lambda m: {
-            "requests": [rq.summary(r) for r in m.requests.requests()],
-            "caches": [{k: v for k, v in c.items() if k != "mask"} for c in m.requests.caches()],
+            "requests": [rq.summary(r) for r in access.visible(see, m.requests.requests())],
+            "caches": [{k: v for k, v in c.items() if k != "mask"} for c in access.visible(see, m.requests.caches())],
             "movies": m.state.table(rq.MOVIES_TABLE)})
 
     @GetRequest.responder
     def get_request(self, ruid):
         self._require(AUTHENTICATED, MEMBER)
-        record = self.replica.raft.read(lambda m: m.requests.request(ruid))
-        if record is None:
-            raise Refused(f"no request with RUID {ruid}")
-        return {"request": record}
+        return {"request": self._own_request(ruid)}
 
     @Status.responder
     def status(self):
         self._require(AUTHENTICATED, MEMBER)
+        self._authorise("Status")
         return {"status": self.replica.status()}
+
+    @RevokeUser.responder
+    def revoke_user(self, user, revoke):
+        self._require(AUTHENTICATED, MEMBER)
+        self._authorise("RevokeUser")
+        self._require_primary()
+        try:
+            credentials.check_user_name(user)
+        except Exception as err:
+            raise Refused(str(err)) from None
+        log.warning("%s %s user %s", self.principal.label, "revokes" if revoke else "restores", user)
+        d = self.replica.revoke_user(user, revoke, by=self.principal.user or self.member_id)
+        return d.addCallback(lambda _: {}).addErrback(self._as_refusal)
 
     # -- pushing ---------------------------------------------------------------------------------------
 
     def deliver(self, events: list[dict]) -> None:
-        """Push events in order, split so each AMP value stays under its size limit."""
+        """Push events in order, split so each AMP value stays under its size limit.
+
+        A strategy pushed to its client carries the client's stream token, minted here rather than
+        replicated: the secret stays out of the Raft log (`vod.stream.tokens`)."""
+        events = self.replica.stream_tokens.issue_in(events, self.member_id)
         batch: list[dict] = []
         size = 0
         for event in events:
@@ -275,8 +395,17 @@ class MemberSession(amp.AMP):
         raise NotPrimary(self.replica.primary_listen() if not self.replica.acting else "")
 
     def connectionLost(self, reason):
+        if self._auth_deadline is not None and self._auth_deadline.active():
+            self._auth_deadline.cancel()
         if self.member_id and self.replica.sessions.get(self.member_id) is self:
             del self.replica.sessions[self.member_id]
             self.replica.member_disconnected(self.member_id)
         super().connectionLost(reason)
 
+
+def _fits_movie(mask_text, frame_count: int, what: str) -> None:
+    """Refused unless `mask_text` is a valid mask of exactly the movie's frames (decoded no further than that)."""
+    try:
+        rq.mask_from_text(mask_text, frame_count, what)
+    except BadCommand as err:
+        raise Refused(str(err)) from None

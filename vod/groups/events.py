@@ -89,6 +89,8 @@ class StrategyAssigned:
 
     `reason` is "initial" or "restripe"; a member acts on the newest `revision` only.
     The revision is also the data plane's fencing token: a server stamps it on every frame.
+    `token` is the client's stream token for this RUID (`vod.stream.tokens`), which its HELLO must
+    carry: "" as replicated (no secret in the log); the replica pushing to the client fills it in.
     """
 
     ruid: int
@@ -97,6 +99,7 @@ class StrategyAssigned:
     reason: str
     strategy: dict[str, Any]
     addresses: dict[str, str]  # server id -> its data address "host:port", for the client to connect to
+    token: str = ""
 
 
 @dataclass(frozen=True)

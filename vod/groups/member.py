@@ -205,6 +205,9 @@ def _is_link_trouble(failure: Failure) -> bool:
 class GroupMember(SerialInputs):
     """A member of one domain: joined through whichever coordinator is primary, events in order.
 
+    `secret` is the domain secret (bytes) or a user's `UserCredential`, which
+    joins as a client only (see vod/coordinator/access.py).
+
     `start()` fires with the join answer's view once joined. It does not time
     out: coordinators that are not up yet are waited for (callers add their
     own timeout). A refusal before the first join (wrong secret, member id in
@@ -371,8 +374,8 @@ class GroupMember(SerialInputs):
         self._link = link
 
         def respond(challenge):
-            mac = wire.auth_mac(self._secret, challenge["nonce"], self.member_id)
-            return self._call(link, wire.Authenticate, member_id=self.member_id, mac=mac)
+            return self._call(link, wire.Authenticate,
+                              **wire.authenticate_arguments(self._secret, challenge["nonce"], self.member_id))
 
         d = self._call(link, wire.Challenge, protocol=wire.PROTOCOL_VERSION).addCallback(respond)
         d.addCallbacks(
@@ -570,7 +573,11 @@ class GroupMember(SerialInputs):
             log.exception("%s: on_event failed for %s", self.member_id, event)
 
     def _see_term(self, term: int) -> None:
-        self.term = max(self.term, term)
+        if term > self.term:
+            # One line per failover: from here on, a Deliver of an older term (a deposed primary) is void.
+            log.info("%s: coordinator term %d (was %d); pushes of older terms are ignored from now on",
+                     self.member_id, term, self.term)
+            self.term = term
 
     # -- heartbeats --------------------------------------------------------------------------------
 

@@ -41,8 +41,10 @@ from twisted.protocols import amp
 from vod.addr import parse_addr, parse_addr_list
 from vod.cliutil import ArgumentParser, run
 from vod.errors import UsageError, VodError
+from vod.localsocket import unix_path
+from vod.credentials import UserCredential
 from vod.groups.wire import PROTOCOL_VERSION, AuthFailed, Authenticate, Challenge, NextRuid, NotPrimary, Refused, \
-    Status, auth_mac
+    Status, authenticate_arguments
 from vod.secrets import add_secret_argument, read_secret
 
 PROBE_ID = "vod-probe"
@@ -87,14 +89,12 @@ class BlockingClient:
     """One AMP connection over a blocking socket with a timeout on every wait."""
 
     def __init__(self, addr: str, timeout: float = 2.0):
-        host, port = parse_addr(addr, "address")
         self.addr = addr
         self.timeout = timeout
         self.replica: str | None = None  # from the Challenge answer
         self._buf = b""
         self._tag = 0
-        self._sock = socket.create_connection((host, port), timeout=timeout)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = _connect(addr, timeout)
         self._sock.settimeout(timeout)
 
     def close(self) -> None:
@@ -180,11 +180,11 @@ class BlockingClient:
     def call(self, command: type[amp.Command], timeout: float | None = None, **kwargs: Any) -> dict[str, Any]:
         return self.answer(command, self.ask(command, **kwargs), timeout)
 
-    def authenticate(self, secret: bytes, member_id: str = PROBE_ID) -> str:
-        """Challenge + Authenticate; returns the replica id the coordinator gave."""
+    def authenticate(self, secret: "bytes | UserCredential", member_id: str = PROBE_ID) -> str:
+        """Challenge + Authenticate (the domain secret, or a user credential); returns the replica id given."""
         challenge = self.call(Challenge, protocol=PROTOCOL_VERSION)
         self.replica = challenge["replica"]
-        self.call(Authenticate, member_id=member_id, mac=auth_mac(secret, challenge["nonce"], member_id))
+        self.call(Authenticate, **authenticate_arguments(secret, challenge["nonce"], member_id))
         return self.replica
 
     def pipeline(self, command: type[amp.Command], count: int, window: int, duration: float | None = None,
@@ -231,6 +231,23 @@ class BlockingClient:
                 raise decode_error(command, box)
             done[tag] = Call(due, sent, clock(), command.parseResponse(box, None))
         return [done[tag] for tag in order]
+
+
+def _connect(addr: str, timeout: float) -> socket.socket:
+    """A connected socket to HOST:PORT, or to a coordinator's local admin socket (unix:PATH)."""
+    path = unix_path(addr)
+    if path is None:
+        sock = socket.create_connection(parse_addr(addr, "address"), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class Call(NamedTuple):

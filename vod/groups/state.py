@@ -113,6 +113,10 @@ class GroupState:
         """A copy of one table (empty if it has no rows)."""
         return copy.deepcopy(self._tables.get(name, {}))
 
+    def row(self, name: str, key: str) -> Any:
+        """A copy of one row of a table (None if absent), without copying the rest of the table."""
+        return copy.deepcopy(self._tables.get(name, {}).get(key))
+
     def recipients(self, event: Event) -> tuple[str, ...]:
         """The member ids `event` must be pushed to.
 

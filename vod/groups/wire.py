@@ -1,8 +1,9 @@
 """The control-plane protocol between members (servers, clients, admins) and coordinators: AMP commands.
 
-Every connection starts with a challenge-response on the domain secret
-(`Challenge`, then `Authenticate` with HMAC-SHA256(secret, nonce | member id));
-any other command before that is refused and the connection closed. Values
+Every connection starts with a challenge-response on the domain secret or a
+user credential derived from it (`Challenge`, then `Authenticate` with
+HMAC-SHA256(key, nonce | member id); `vod/credentials.py`); any other command
+before that is refused and the connection closed. Values
 that carry structure are JSON text with a version field (`{"v": 1, ...}`),
 never pickle. A replica that is not the acting primary answers every member
 command with `NotPrimary`, whose description is the primary's listen address
@@ -22,6 +23,8 @@ import zlib
 from typing import Any
 
 from twisted.protocols import amp
+
+from vod.credentials import UserCredential
 
 PROTOCOL_VERSION = 1
 MAX_JSON = 60_000  # one AMP value holds at most 65,535 bytes
@@ -46,7 +49,7 @@ COMMON_ERRORS = {NotPrimary: b"NOT_PRIMARY", AuthFailed: b"AUTH_FAILED", Refused
 
 
 class Json(amp.Argument):
-    """A JSON value, size-limited, decoded strictly (a bad value is a protocol error).
+    """A JSON value, size-limited, decoded strictly (a bad value is a protocol error: always ValueError).
 
     Encoding: the UTF-8 JSON text; or, when that is over `COMPRESS_ABOVE` bytes
     (strategies carry frame masks), the marker b"\\x00Z" then the zlib-compressed
@@ -67,10 +70,16 @@ class Json(amp.Argument):
             raise ValueError("JSON value too large")
         if inString.startswith(ZLIB_MARKER):
             inflater = zlib.decompressobj()
-            inString = inflater.decompress(inString[len(ZLIB_MARKER):], MAX_EXPANDED)
+            try:
+                inString = inflater.decompress(inString[len(ZLIB_MARKER):], MAX_EXPANDED)
+            except zlib.error as err:
+                raise ValueError(f"compressed JSON value is corrupt ({err})") from None
             if inflater.unconsumed_tail or not inflater.eof:
                 raise ValueError("compressed JSON value is truncated or expands beyond the limit")
-        return json.loads(inString.decode("utf-8"))
+        try:
+            return json.loads(inString.decode("utf-8"))
+        except RecursionError:
+            raise ValueError("JSON value nested too deeply") from None
 
 
 class Challenge(amp.Command):
@@ -80,7 +89,11 @@ class Challenge(amp.Command):
 
 
 class Authenticate(amp.Command):
-    arguments = [(b"member_id", amp.Unicode()), (b"mac", amp.String())]
+    """Prove the domain secret (`mac` keyed with it), or a user credential: then `user` and `role` say whose,
+    and `mac` is keyed with that credential (`vod/credentials.py`). Both absent: the domain secret."""
+
+    arguments = [(b"member_id", amp.Unicode()), (b"mac", amp.String()),
+                 (b"user", amp.Unicode(optional=True)), (b"role", amp.Unicode(optional=True))]
     response: list = []
     errors = COMMON_ERRORS
 
@@ -216,6 +229,17 @@ class GetRequest(amp.Command):
     errors = COMMON_ERRORS
 
 
+class RevokeUser(amp.Command):
+    """Admin: shut out every credential of `user` (`revoke` false lets them in again); primary only.
+
+    The user's open connections are closed; the list is replicated, so every replica refuses them.
+    """
+
+    arguments = [(b"user", amp.Unicode()), (b"revoke", amp.Boolean())]
+    response: list = []
+    errors = COMMON_ERRORS
+
+
 class Deliver(amp.Command):
     """Coordinator -> member: committed events for this member, in log order.
 
@@ -231,3 +255,11 @@ class Deliver(amp.Command):
 
 def auth_mac(secret: bytes, nonce: bytes, member_id: str) -> bytes:
     return hmac.new(secret, nonce + b"|" + member_id.encode(), hashlib.sha256).digest()
+
+
+def authenticate_arguments(key: "bytes | UserCredential", nonce: bytes, member_id: str) -> dict[str, Any]:
+    """The Authenticate arguments for the domain secret (bytes) or a user credential."""
+    if isinstance(key, UserCredential):
+        return {"member_id": member_id, "mac": auth_mac(key.key, nonce, member_id), "user": key.user,
+                "role": key.role}
+    return {"member_id": member_id, "mac": auth_mac(key, nonce, member_id)}

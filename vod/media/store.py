@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import mmap
 import os
 import re
@@ -78,13 +79,19 @@ class MovieInfo:
             raise CorruptMovie(f"{where}: movie format version {data.get('version')!r} is not supported "
                                f"(this vod reads version {FORMAT_VERSION})")
         try:
-            return cls(movie_id=str(data["id"]), fps=float(data["fps"]), width=int(data["width"]),
+            info = cls(movie_id=str(data["id"]), fps=float(data["fps"]), width=int(data["width"]),
                        height=int(data["height"]), frame_count=int(data["frame_count"]),
                        frames_bytes=int(data["frames_bytes"]), source=str(data["source"]),
                        source_codec=str(data["source_codec"]), keeps_source_jpeg=bool(data["keeps_source_jpeg"]),
                        jpeg_quality=data["jpeg_quality"], created=str(data["created"]))
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:  # OverflowError: int(Infinity)
             raise CorruptMovie(f"{where}: metadata is incomplete or malformed ({err})") from None
+        # A server divides by fps and a player sizes its window: values that open must be usable.
+        if not (math.isfinite(info.fps) and info.fps > 0 and min(info.width, info.height, info.frame_count) > 0
+                and info.frames_bytes >= 0):
+            raise CorruptMovie(f"{where}: fps, width, height, frame_count or frames_bytes is out of range "
+                               f"({info.fps}, {info.width}, {info.height}, {info.frame_count}, {info.frames_bytes})")
+        return info
 
 
 class Movie:
@@ -98,18 +105,29 @@ class Movie:
                 meta = json.load(f)
         except FileNotFoundError:
             raise StoreError(f"{path}: not a movie (no movie.json)") from None
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # RecursionError: JSON nested too deeply
             raise CorruptMovie(f"{meta_path}: unreadable metadata ({err})") from None
         if not isinstance(meta, dict):
             raise CorruptMovie(f"{meta_path}: metadata is not a JSON object")
         self.info = MovieInfo.from_json(meta, meta_path)
         self._index_sha256 = meta.get("index_sha256")
         self._index = self._read_index()
-        self._frames_file = open(os.path.join(path, "frames.bin"), "rb")
-        size = os.fstat(self._frames_file.fileno()).st_size
-        if size != self.info.frames_bytes:
-            raise CorruptMovie(f"{path}/frames.bin: {size} bytes, metadata says {self.info.frames_bytes}")
-        self._frames = mmap.mmap(self._frames_file.fileno(), 0, access=mmap.ACCESS_READ)
+        frames_path = os.path.join(path, "frames.bin")
+        try:
+            self._frames_file = open(frames_path, "rb")
+        except OSError as err:
+            raise CorruptMovie(f"{frames_path}: unreadable ({err.strerror})") from None
+        try:
+            size = os.fstat(self._frames_file.fileno()).st_size
+            if size != self.info.frames_bytes:
+                raise CorruptMovie(f"{frames_path}: {size} bytes, metadata says {self.info.frames_bytes}")
+            self._frames = mmap.mmap(self._frames_file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as err:  # ValueError: an empty file cannot be mapped
+            self._frames_file.close()
+            raise CorruptMovie(f"{frames_path}: cannot be mapped ({err})") from None
+        except CorruptMovie:
+            self._frames_file.close()
+            raise
 
     def _read_index(self) -> bytes:
         index_path = os.path.join(self.path, "index.bin")

@@ -37,6 +37,7 @@ from vod.server.pacing import TokenBucket
 from vod.server.session import DEFAULT_WAIT, Stripe
 from vod.server.stream import StreamConnection, StreamFactory
 from vod.strategy.placement import Strategy, StrategyError
+from vod.stream.tokens import StreamTokens
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class VideoServer:
         self._clock = clock
         self._movies = dict(movies)
         self.server_id = server_id
+        self.tokens = StreamTokens(secret)  # a HELLO must carry the coordinator's token for its RUID and client
         self._member_args = dict(coordinators=list(coordinators), secret=secret, member_id=server_id, kind="server",
                                  domain=domain, capacity=capacity, movies=sorted(self._movies),
                                  heartbeat_interval=heartbeat_interval)

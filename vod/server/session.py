@@ -16,6 +16,11 @@ answer: after a restripe, the next frame due is a different one.
     AWAITING_HELLO, WAITING_STRATEGY --expired--> ENDED   (bounded waits: ERROR)
     any live state --stop/dissolved/gone/replaced/refuse--> ENDED
 
+A HELLO counts only with the coordinator's stream token for its RUID and
+client (`vod.stream.tokens`); without one `receive` raises TokenRefused and the
+session stays AWAITING_HELLO, knowing no RUID, so the connection can end it
+without touching the streams of the client it claimed to be.
+
 What is still to send is always "the frames of the current mask the client
 did not hold at HELLO and this session has not sent, plus the frames it asked
 again for", in index order and only below the client's credit. A new mask
@@ -39,6 +44,7 @@ from vod.errors import MaskError
 from vod.strategy.mask import FrameMask
 from vod.strategy.placement import Strategy
 from vod.stream.protocol import CONTROL_NAMES, CREDIT, HELLO, PAUSE, RESEND, RESUME, STOP, ControlMessage, ProtocolError
+from vod.stream.tokens import StreamTokens
 
 MODES = ("play", "fast")
 DEFAULT_WAIT = 5.0  # seconds to wait for a HELLO, then for a strategy that names this server
@@ -135,10 +141,11 @@ def parse_frames(body: dict[str, Any]) -> list[int]:
 class StreamSession:
     """The sending side of one (client, server, RUID) connection."""
 
-    def __init__(self, server_id: str, clock, wait: float = DEFAULT_WAIT):
+    def __init__(self, server_id: str, clock, wait: float = DEFAULT_WAIT, *, tokens: StreamTokens):
         if not wait > 0:
             raise ValueError(f"wait must be > 0 seconds, not {wait!r}")
         self.server_id = server_id
+        self._tokens = tokens
         self._clock = clock
         self._wait = wait
         self.state = State.AWAITING_HELLO
@@ -201,7 +208,8 @@ class StreamSession:
     # -- inputs ------------------------------------------------------------------------------------
 
     def receive(self, message: ControlMessage) -> None:
-        """A control message from the client; ProtocolError if it is malformed or out of order."""
+        """A control message from the client; ProtocolError if it is malformed or out of order,
+        TokenRefused for a HELLO without the coordinator's token for its RUID and client."""
         if self.state is State.ENDED:
             return  # the connection is closing; what the client still says changes nothing
         body = message.body
@@ -215,6 +223,8 @@ class StreamSession:
                 raise ProtocolError(f"HELLO: 'client' must be a non-empty string, not {client!r}")
             if mode not in MODES:
                 raise ProtocolError(f"HELLO: 'mode' must be one of {', '.join(MODES)}, not {mode!r}")
+            # Before the held mask: a peer without a token does not get us to decode a megabyte for it.
+            self._tokens.check(ruid, client, body.get("token"))
             self.hello(ruid, client, parse_held(body.get("held")), mode)
             return
         if self.state is State.AWAITING_HELLO:

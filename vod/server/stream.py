@@ -10,7 +10,10 @@ movie: it is the transport's streaming producer, so a slow client pauses it
 `callLater`, never by blocking.
 
 A malformed control message ends the connection: an ERROR to the client
-with the reason, one log line, close.
+with the reason, one log line, close. So does a HELLO without the
+coordinator's stream token for its RUID and client (`vod.stream.tokens`); such
+a connection never counts as that client's, so the client's real stream is
+not replaced or otherwise touched.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from vod.media.store import Movie
 from vod.server.pacing import TokenBucket
 from vod.server.session import ACTIVE, DEFAULT_WAIT, SendEnd, SendFrame, State, Stripe, StreamSession
 from vod.stream.protocol import FRAME_HEADER, ControlDecoder, ProtocolError, encode_end, encode_error, frame_header
+from vod.stream.tokens import StreamTokens, TokenRefused
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ class StreamHost(Interface):
     """What a connection needs from its server (`vod.server.node.VideoServer`)."""
 
     server_id: str
+    tokens: StreamTokens  # checks each HELLO's stream token
 
     def movie(self, movie_id: str) -> Movie | None: ...
 
@@ -70,7 +75,7 @@ class StreamConnection(Protocol):
         self._reactor = reactor
         self._clock = clock
         self._bucket = bucket
-        self.session = StreamSession(host.server_id, clock, wait)
+        self.session = StreamSession(host.server_id, clock, wait, tokens=host.tokens)
         self._decoder = ControlDecoder()
         self._movie: Movie | None = None
         self._peer = "?"
@@ -104,6 +109,8 @@ class StreamConnection(Protocol):
                     self.host.greeted(self)
         except ProtocolError as err:
             self._feed(self.session.refuse, f"malformed control message: {err}")
+        except TokenRefused as err:
+            self._feed(self.session.refuse, str(err))
 
     def connectionLost(self, reason: Failure) -> None:
         self._cancel_timers()
@@ -238,8 +245,12 @@ class StreamConnection(Protocol):
             return
         self._ended_logged = True
         session = self.session
-        if session.ruid is None and session.error is None:
-            log.debug("connection from %s closed before HELLO", self._peer)
+        if session.ruid is None:
+            # No HELLO taken: no stream to report, only a peer that never got one (and why, if we ended it).
+            if session.error is None:
+                log.debug("connection from %s closed before HELLO", self._peer)
+            else:
+                log.warning("connection from %s closed before any stream: %s", self._peer, session.error)
             return
         took = self._clock.seconds() - self._started_at if self._started_at is not None else 0.0
         log.log(logging.WARNING if session.error else logging.INFO,

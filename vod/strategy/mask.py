@@ -42,7 +42,7 @@ from bitarray.util import any_and, deserialize, intervals, sc_decode, sc_encode,
 
 from vod.errors import MaskError
 
-__all__ = ["FrameMask", "MAX_FRAMES", "WIRE_VERSION", "RAW", "SPARSE", "SPARSE_COMPLEMENT"]
+__all__ = ["FrameMask", "MaskTooLong", "MAX_FRAMES", "WIRE_VERSION", "RAW", "SPARSE", "SPARSE_COMPLEMENT"]
 
 # About 92 hours at 30 fps; bounds what a peer's 10-byte message can make us allocate.
 MAX_FRAMES = 10_000_000
@@ -51,6 +51,15 @@ RAW, SPARSE, SPARSE_COMPLEMENT = 0, 1, 2
 
 _ENDIAN = "big"  # explicit, so the wire form never depends on bitarray's default
 _BIG_ENDIAN_HEAD = 0x10  # bit 4 of bitarray's serialize / sc_encode head byte
+
+
+class MaskTooLong(MaskError):
+    """A mask longer than the caller allows (the movie's frame count, or `MAX_FRAMES`)."""
+
+    def __init__(self, frames: int, limit: int):
+        super().__init__(f"mask of {frames} frames exceeds the limit of {limit}")
+        self.frames = frames
+        self.limit = limit
 
 
 def _check_length(n: int) -> int:
@@ -325,7 +334,7 @@ def _decode_raw(payload: bytes, limit: int):
     if n < 0:
         raise MaskError("raw mask payload truncated")
     if n > limit:
-        raise MaskError(f"mask of {n} frames exceeds the limit of {limit}")
+        raise MaskTooLong(n, limit)
     # Zero pad bits keep each mask's raw encoding unique.
     if pad and payload[-1] & ((1 << pad) - 1):
         raise MaskError("raw mask has nonzero pad bits")
@@ -344,7 +353,7 @@ def _decode_sparse(payload: bytes, limit: int):
         raise MaskError("sparse mask header truncated")
     n = int.from_bytes(payload[1 : 1 + m], "little")
     if n > limit:
-        raise MaskError(f"mask of {n} frames exceeds the limit of {limit}")
+        raise MaskTooLong(n, limit)
     # An iterator, because sc_decode stops at the stop byte and ignores the rest.
     stream = iter(payload)
     try:

@@ -27,7 +27,11 @@ Client -> server: an 8-byte header, then a JSON object (at most MAX_CONTROL_BYTE
     3      1    type: 1 HELLO, 2 CREDIT, 3 PAUSE, 4 RESUME, 5 STOP, 6 RESEND
     4      4    JSON length
 
-    HELLO  {"ruid", "client", "held": base64 FrameMask (frames not to send), "mode": "play"|"fast"}
+    HELLO  {"ruid", "client", "held": base64 FrameMask (frames not to send), "mode": "play"|"fast",
+            "token": the stream token the coordinator pushed with the strategy ("v1." + 64 hex digits,
+            see vod/stream/tokens.py)}: a server answers a HELLO without the token for its RUID and
+            client with ERROR and closes (the token has its own version prefix, so the header's
+            version stays 1)
     CREDIT {"until": n}: the server may send frames with index < n (pacing and flow control in one:
            the client moves it with its playhead plus the lead window, and with its free buffer)
     PAUSE / RESUME / STOP {}
@@ -219,10 +223,10 @@ class ControlDecoder:
             if len(self._buf) < CONTROL_HEADER.size + length:
                 return out
             self._buf.take(CONTROL_HEADER.size)
-            raw = self._buf.take(length)
+            raw = self._buf.take(length) if length else b""
             try:
                 body = json.loads(raw.decode("utf-8")) if raw else {}
-            except (UnicodeDecodeError, ValueError) as err:
+            except (UnicodeDecodeError, ValueError, RecursionError) as err:  # deep nesting: RecursionError
                 raise ProtocolError(f"{CONTROL_NAMES[type_]}: body is not JSON ({err})") from None
             if not isinstance(body, dict):
                 raise ProtocolError(f"{CONTROL_NAMES[type_]}: body must be a JSON object")
