@@ -110,8 +110,8 @@ def entry(argv: Sequence[str]) -> int:
         raise UsageError(f"--data {args.data}: {err.strerror}") from None
     setup_logging(args.log_level)
     socket_path, socket_required = admin_socket(args)
-    # The reactor and pysyncobj's tick thread hand every commit to each other: with the default 5 ms
-    # GIL switch interval a waiting thread can sit out a whole interval, which shows in the p99.
+    # Raft runs on the reactor thread; any other thread (Twisted's resolver pool) would otherwise hold the
+    # GIL for up to the default 5 ms switch interval while a commit waits.
     sys.setswitchinterval(0.0005)
 
     from twisted.internet import reactor
