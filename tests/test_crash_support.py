@@ -186,6 +186,16 @@ class CrashSystem:
                  f"every server streaming to {client}", interval=0.1, describe=self.describe)
         return request
 
+    def finished_whole(self, client, ruid: int) -> dict:
+        """Wait for the client process to exit 0 with every frame, frame-exact; its JSON summary."""
+        client.wait(timeout=60)
+        assert client.returncode == 0, self.describe()
+        summary = json.loads(self.client_out.read_text())
+        assert summary["state"] == "done" and summary["ruid"] == ruid
+        assert summary["frames_received"] == self.frames and summary["frames_missing"] == 0
+        assert self.played_frames() == self.expected_frames()
+        return summary
+
     def live_servers(self) -> set[str]:
         doc = self.admin("status")
         return {m["id"] for m in doc["members"] if m["kind"] == "server"} if doc else set()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from typing import Sequence
 
@@ -83,9 +84,22 @@ def admin_socket(args) -> tuple[str | None, bool]:
     return path, bool(args.admin_socket)
 
 
+def resolve_raft_address(address: str, flag: str) -> str:
+    """HOST:PORT with HOST as an IP address, resolved now: pysyncobj runs on the reactor thread, where a
+    DNS lookup of a peer's name would stall every member's connection with it."""
+    host, port = parse_addr(address, flag)
+    try:
+        ip = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+    except OSError as err:
+        raise UsageError(f"{flag} {address}: cannot resolve {host}: {err}") from None
+    if ip != host:
+        log.info("%s %s resolved to %s:%s", flag, address, ip, port)
+    return f"{ip}:{port}"
+
+
 def entry(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
-    parse_addr(args.raft, "--raft")
+    args.raft = resolve_raft_address(args.raft, "--raft")
     parse_addr(args.listen, "--listen")
     if args.standby:
         if not args.coordinators:
@@ -94,7 +108,7 @@ def entry(argv: Sequence[str]) -> int:
     else:
         if not args.peers:
             raise UsageError("--peers is required (the Raft addresses of all three voters)")
-        coordinators, peers = [], parse_addr_list(args.peers, "--peers")
+        coordinators, peers = [], [resolve_raft_address(a, "--peers") for a in parse_addr_list(args.peers, "--peers")]
     secret = read_secret(args.secret_file)
     if not 1 <= args.max_servers <= 255:
         raise UsageError("--max-servers must be 1..255")
