@@ -1,16 +1,13 @@
-"""The parts of RaftLog that need no cluster: group-commit entries and the poller that hands pysyncobj's
-sockets to the reactor. (Replication itself is exercised by the real-process tests.)"""
+"""The part of RaftLog that needs no cluster: group-commit entries. (Replication itself is exercised by the
+real-process tests.)"""
 
 import json
-import socket
 import threading
 
 import pytest
 
-from pysyncobj.poller import POLL_EVENT_TYPE
-
 from vod.errors import VodError
-from vod.groups.raft import BATCH_OP, _RaftPoller, _Replicated
+from vod.groups.raft import BATCH_OP, _Replicated
 
 
 class Counter:
@@ -46,24 +43,3 @@ def test_a_batch_entry_applies_each_command_in_order_and_answers_each(consumer):
     assert [c["op"] for c, _ in consumer.applied] == ["add", "refuse", "add"]
     # A single command is its own entry, answered alone.
     assert consumer.apply_json(json.dumps({"op": "add", "by": 1}), _doApply=True) == {"n": 6}
-
-
-def test_the_poller_hands_ready_sockets_over_only_when_dispatched():
-    poller = _RaftPoller()
-    a, b = socket.socketpair()
-    seen = []
-    try:
-        poller.subscribe(a.fileno(), lambda fd, mask: seen.append((fd, mask)), POLL_EVENT_TYPE.READ)
-        b.send(b"x")
-        poller.poll(0.1)  # pysyncobj's own poll at the end of a tick does nothing: the reactor waits
-        assert seen == []
-        poller.dispatch()
-        assert seen == [(a.fileno(), POLL_EVENT_TYPE.READ)]
-        fd = a.fileno()
-        a.close()  # pysyncobj closes before it unsubscribes: that must be harmless
-        poller.unsubscribe(fd)
-        poller.dispatch()
-        assert len(seen) == 1
-    finally:
-        b.close()
-        poller.close()

@@ -5,15 +5,21 @@ The rest of the code sees `propose(command) -> Deferred`, a `RaftView` of
 and committed results delivered on the reactor thread in log order. It never
 sees pysyncobj's threads, camelCase, pickle or `sync=True`.
 
-Threading: none of its own. pysyncobj runs on the reactor thread: its sockets
-(and the pipe it signals itself with when a command is queued) are watched by
-one epoll object of ours, `_RaftPoller`, whose descriptor the reactor watches;
-when it is readable, or every tick period for pysyncobj's timers, we run one
-pysyncobj tick. Replicated commands are applied during that tick; what is
-handed back to us (results, view changes) is queued and delivered, in log
-order, right after the tick returns, outside pysyncobj's call stack. Two
-threads sharing the GIL here (the reactor and a tick thread passing every
-commit back and forth) cost the commit p99 several milliseconds on two cores.
+Threading: pysyncobj runs its own tick thread (it wakes on socket activity and
+on a pipe when we enqueue a command, so commits are not held to a tick
+period). Replicated commands are applied on that thread, under `self.lock`,
+to a state machine object; everything handed back to us crosses to the
+reactor with `reactor.callFromThread`, which keeps log order.
+
+Commits (the p99 at 1,000 ops/s is what this is tuned for): the proposals of
+one reactor turn go out as one log entry (group commit), the tick thread is
+woken at once through pysyncobj's pipe, and the entry is sent to the followers
+in that same tick (`_tick`). pysyncobj runs in its batched mode, so it no longer
+sends a second append round per commit only to tell followers the new commit
+index: the next append or heartbeat carries it. Raft on the reactor thread was
+tried too (commit p99 about the same); under admission overload its heartbeats
+waited behind long reactor turns and the primary lost its lease five times as
+often, with one needless election: the tick thread stays.
 
 What goes through pysyncobj's own pickle is only a JSON text per command and a
 JSON text per snapshot: the formats are ours (versioned dicts), pysyncobj only
@@ -28,19 +34,14 @@ import hmac
 import json
 import logging
 import os
-import select
 import threading
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-import pysyncobj.syncobj
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
-from pysyncobj.poller import POLL_EVENT_TYPE, Poller
 # pysyncobj's clock (CLOCK_MONOTONIC_RAW here, not time.monotonic): its response times are on it.
 from pysyncobj.monotonic import monotonic as raft_clock
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from vod.errors import VodError
@@ -49,8 +50,7 @@ log = logging.getLogger(__name__)
 
 FOLLOWER, CANDIDATE, LEADER = 0, 1, 2
 PROPOSE_TIMEOUT = 2.0
-# One log entry carrying the proposals made in one reactor turn (group commit): under load they arrive
-# together, and one entry costs one round of Raft messages instead of one per proposal.
+# One log entry carrying the proposals made in one reactor turn (group commit).
 BATCH_OP = "batch"
 
 
@@ -94,7 +94,7 @@ class RaftSettings:
 
     def conf(self, self_addr: str, password: str, data_dir: str | None) -> SyncObjConf:
         # bindAddress: pysyncobj would listen on 0.0.0.0 otherwise.
-        kwargs = dict(bindAddress=self_addr, password=password, autoTick=False,
+        kwargs = dict(bindAddress=self_addr, password=password, autoTick=True, autoTickPeriod=self.tick,
                       appendEntriesPeriod=self.heartbeat, raftMinTimeout=self.election_min,
                       raftMaxTimeout=self.election_max, connectionTimeout=self.connection_timeout,
                       connectionRetryTime=self.connection_retry, leaderFallbackTimeout=self.leader_fallback,
@@ -153,7 +153,7 @@ class _Replicated(SyncObjConsumer):
                 result = {"error": type(err).__name__, "message": str(err)}
             except Exception as err:
                 # Never let an exception escape: pysyncobj would not mark the entry applied and stall.
-                log.exception("applying a replicated command failed: %.200s", json.dumps(command)[:200])
+                log.exception("applying a replicated command failed: %.200s", json.dumps(command))
                 result = {"error": type(err).__name__, "message": str(err)}
         if self._on_applied is not None:
             self._on_applied(command, result)
@@ -168,91 +168,9 @@ class _Replicated(SyncObjConsumer):
             self._machine.restore(json.loads(data["vod_state_json"]))
 
 
-class _RaftPoller(Poller):
-    """pysyncobj's poller interface over one epoll object, whose own descriptor the reactor watches.
-
-    Not the reactor's own descriptor table: pysyncobj closes a socket before it
-    unsubscribes it, which epoll shrugs off (a closed descriptor leaves the set
-    by itself) but the reactor's bookkeeping does not.
-    """
-
-    def __init__(self):
-        self._epoll = select.epoll()
-        self._callbacks: dict[int, Callable[[int, int], None]] = {}
-
-    def fileno(self) -> int:
-        return self._epoll.fileno()
-
-    def subscribe(self, descr, callback, eventMask):  # noqa: N803 (pysyncobj's names)
-        events = ((select.EPOLLIN if eventMask & POLL_EVENT_TYPE.READ else 0)
-                  | (select.EPOLLOUT if eventMask & POLL_EVENT_TYPE.WRITE else 0)
-                  | (select.EPOLLERR if eventMask & POLL_EVENT_TYPE.ERROR else 0))
-        if descr in self._callbacks:
-            try:
-                self._epoll.modify(descr, events)
-            except OSError:  # closed and reopened under the same number: register it afresh
-                self._epoll.register(descr, events)
-        else:
-            self._epoll.register(descr, events)
-        self._callbacks[descr] = callback
-
-    def unsubscribe(self, descr):
-        if self._callbacks.pop(descr, None) is not None:
-            try:
-                self._epoll.unregister(descr)
-            except OSError:
-                pass  # already closed: epoll dropped it
-
-    def poll(self, timeout):
-        """pysyncobj polls at the end of every tick. We do not: what it would read there would only be
-        acted on at the next tick, and nothing would wake us for it (the socket would be drained)."""
-
-    def dispatch(self) -> None:
-        """Hand pysyncobj what is ready, without waiting (the reactor did the waiting)."""
-        for descr, events in self._epoll.poll(0):
-            callback = self._callbacks.get(descr)
-            if callback is None:
-                continue
-            mask = ((POLL_EVENT_TYPE.READ if events & select.EPOLLIN else 0)
-                    | (POLL_EVENT_TYPE.WRITE if events & select.EPOLLOUT else 0)
-                    | (POLL_EVENT_TYPE.ERROR if events & (select.EPOLLERR | select.EPOLLHUP) else 0))
-            callback(descr, mask)
-
-    def close(self) -> None:
-        self._epoll.close()
-
-
-class _PollerReader:
-    """The reactor's handle on `_RaftPoller`: readable means some pysyncobj descriptor has news."""
-
-    def __init__(self, poller: _RaftPoller, on_ready: Callable[[], None]):
-        self._poller = poller
-        self._on_ready = on_ready
-
-    def fileno(self) -> int:
-        return self._poller.fileno()
-
-    def doRead(self):  # noqa: N802 (Twisted's interface)
-        self._on_ready()
-
-    def connectionLost(self, reason):  # noqa: N802
-        pass
-
-    def logPrefix(self) -> str:  # noqa: N802
-        return "raft-poller"
-
-
 class _Node(SyncObj):
-    def __init__(self, self_addr: str, peers: list[str], conf: SyncObjConf, consumer: _Replicated,
-                 poller: _RaftPoller):
-        # pysyncobj builds its poller from a module-level factory and offers no way to pass one in.
-        # We swap the factory only around our own constructor call, on the reactor thread.
-        factory = pysyncobj.syncobj.createPoller
-        pysyncobj.syncobj.createPoller = lambda _type: poller
-        try:
-            super().__init__(self_addr, peers, conf, consumers=[consumer])
-        finally:
-            pysyncobj.syncobj.createPoller = factory
+    def __init__(self, self_addr: str, peers: list[str], conf: SyncObjConf, consumer: _Replicated):
+        super().__init__(self_addr, peers, conf, consumers=[consumer])
 
 
 class RaftLog:
@@ -283,87 +201,40 @@ class RaftLog:
         self._conf = settings.conf(self_addr, raft_password(secret), data_dir)
         self._peers = [p for p in peers if p != self_addr]
         self._node: _Node | None = None
-        self._tick_period = settings.tick
-        self._poller: _RaftPoller | None = None
-        self._reader: _PollerReader | None = None
-        self._ticker: LoopingCall | None = None
-        self._outbox: deque[tuple[Callable, tuple]] = deque()  # what pysyncobj handed back during a tick
         self._proposals: list[tuple[dict, Deferred]] = []  # proposed in this reactor turn, not sent yet
-        self._delivering = False
 
     def start(self, peers: list[str] | None = None) -> None:
         """Start the node; `peers` replaces the constructor's list (a standby learns it when recruited)."""
         if peers is not None:
             self._peers = [p for p in peers if p != self.self_addr]
-        self._consumer._on_applied = self._applied_during_tick
-        self._poller = _RaftPoller()
-        self._node = _Node(self.self_addr, self._peers, self._conf, self._consumer, self._poller)
-        # Built unbatched (so pysyncobj makes its wake-up pipe), run batched: pysyncobj then no longer sends
-        # a second append-entries round per commit just to tell followers the commit index (the next append
-        # or heartbeat carries it), and we send the moment we propose (`_send_entries`), not at a heartbeat.
+        self._consumer._on_applied = self._applied_on_tick_thread
+        self._node = _Node(self.self_addr, self._peers, self._conf, self._consumer)
+        # Built unbatched (so pysyncobj makes its wake-up pipe), run batched: no second append round per
+        # commit just to tell followers the commit index; `_tick` sends new entries at once instead.
         self._conf.appendEntriesUseBatch = True
+        self._sent_index = 0
         self._node.addOnTickCallback(self._tick)
-        self._reader = _PollerReader(self._poller, self._run_tick)
-        self.reactor.addReader(self._reader)
-        self._ticker = LoopingCall(self._run_tick)
-        self._ticker.clock = self.reactor
-        self._ticker.start(self._tick_period, now=True)
 
     def stop(self) -> None:
-        if self._ticker is not None and self._ticker.running:
-            self._ticker.stop()
-        if self._reader is not None:
-            self.reactor.removeReader(self._reader)
-            self._reader = None
         if self._node is not None:
             self._node.destroy()
             self._node = None
-        if self._poller is not None:
-            self._poller.close()
-            self._poller = None
-        self._outbox.clear()
 
-    def _run_tick(self) -> None:
-        """One pysyncobj tick: read what arrived, then let it commit, apply, send and run its timers."""
-        node = self._node
-        if node is None:
-            return
-        try:
-            self._poller.dispatch()  # messages first, so this very tick commits and applies what they allow
-            node._onTick(0)
-        except Exception:
-            log.exception("raft tick failed")
-        self._deliver()
+    # -- called on pysyncobj's thread -------------------------------------------------------------
 
-    def _hand_back(self, fn: Callable, *args: Any) -> None:
-        self._outbox.append((fn, args))
-
-    def _deliver(self) -> None:
-        # Not re-entered: a callback that proposes may run a tick whose outcomes must wait their turn
-        # behind the rest of this batch, or log order would be lost.
-        if self._delivering:
-            return
-        self._delivering = True
-        try:
-            while self._outbox:
-                fn, args = self._outbox.popleft()
-                try:
-                    fn(*args)
-                except Exception:
-                    log.exception("handling a raft outcome failed")
-        finally:
-            self._delivering = False
-
-    # -- called by pysyncobj during a tick --------------------------------------------------------
-
-    def _applied_during_tick(self, command: dict, result: Any) -> None:
+    def _applied_on_tick_thread(self, command: dict, result: Any) -> None:
         if self._on_applied is not None:
-            self._hand_back(self._on_applied, command, result)
+            self.reactor.callFromThread(self._on_applied, command, result)
 
     def _tick(self) -> None:
         node = self._node
         if node is None:
             return
+        if node._isLeader():
+            last = node._SyncObj__getCurrentLogIndex()
+            if last > self._sent_index:  # logged this tick: send now, not at the next heartbeat
+                self._sent_index = last
+                node._SyncObj__sendAppendEntries()
         status = node.getStatus()
         leader = status["leader"]
         others = [str(n) for n in node.otherNodes]
@@ -378,7 +249,7 @@ class RaftLog:
             # were sent before the pause but get stamped "now" by pysyncobj. Trust none until the
             # first fresh heartbeat round trip is over; by then a newer leader's term has reached us.
             self._blackout_until = now + self._blackout
-            log.warning("raft ticks were stalled %.3f s: not acting as primary for %.3f s",
+            log.warning("tick thread was stalled %.3f s: not acting as primary for %.3f s",
                         now - self._last_tick, self._blackout)
         self._last_tick = now
         # Confirmed now when a majority answered within the lease. Anchoring the lease on the answer
@@ -393,7 +264,7 @@ class RaftLog:
             if confirmed:
                 self._confirmed_at = now
         if changed and self._on_view is not None:
-            self._hand_back(self._on_view, view)
+            self.reactor.callFromThread(self._on_view, view)
 
     def _majority_answered_at(self, node: _Node) -> float:
         """When the latest majority (counting ourselves) had answered: the lease runs from then, not from now."""
@@ -421,7 +292,7 @@ class RaftLog:
         with self._view_lock:
             view, confirmed_at, last_tick = self._last_view, self._confirmed_at, self._last_tick
         now = raft_clock()
-        # Ticks must be running too: after a pause this check may run before the first tick does.
+        # The tick thread must be alive too: after a pause this (reactor) thread may run first.
         return (view is not None and view.role == LEADER and now - confirmed_at < self._lease
                 and now - last_tick < self._lease / 2)
 
@@ -449,10 +320,8 @@ class RaftLog:
                     d.errback(NotCommitted("raft node is not running"))
             return
         waiting = [d for _, d in proposals]
-        if len(proposals) == 1:
-            entry = proposals[0][0]
-        else:
-            entry = {"v": 1, "op": BATCH_OP, "commands": [command for command, _ in proposals]}
+        entry = proposals[0][0] if len(proposals) == 1 else {"v": 1, "op": BATCH_OP,
+                                                                 "commands": [c for c, _ in proposals]}
         text = json.dumps(entry, separators=(",", ":"), sort_keys=True)
 
         def settle(outcome: Any, failure: NotCommitted | None) -> None:
@@ -467,19 +336,12 @@ class RaftLog:
 
         def done(result, error):
             if error == FAIL_REASON.SUCCESS:
-                self._hand_back(settle, result, None)
+                self.reactor.callFromThread(settle, result, None)
             else:
-                self._hand_back(settle, None, NotCommitted(f"not committed: {_fail_reason(error)}"))
+                self.reactor.callFromThread(settle, None, NotCommitted(f"not committed: {_fail_reason(error)}"))
 
         self._consumer.apply_json(text, callback=done)
-        self._send_entries()
-
-    def _send_entries(self) -> None:
-        """Log what was proposed and send it to the followers now."""
-        self._run_tick()
-        node = self._node
-        if node is not None and node._isLeader():
-            node._SyncObj__sendAppendEntries()  # pysyncobj's private sender: its version is pinned
+        self._node._SyncObj__pipeNotifier.notify()  # batched mode does not wake the tick thread itself
 
     def read(self, fn: Callable[[StateMachine], Any]) -> Any:
         """Run `fn(machine)` under the apply lock: a consistent read of the replicated state."""
@@ -500,12 +362,12 @@ class RaftLog:
 
         def done(result, error):
             if error == FAIL_REASON.SUCCESS:
-                self._hand_back(d.callback, addr)
+                self.reactor.callFromThread(d.callback, addr)
             else:
-                self._hand_back(d.errback, NotCommitted(f"membership change of {addr}: {_fail_reason(error)}"))
+                self.reactor.callFromThread(d.errback, NotCommitted(f"membership change of {addr}: "
+                                                                    f"{_fail_reason(error)}"))
 
         change(addr, callback=done)
-        self._send_entries()
         return d
 
 
