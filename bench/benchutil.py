@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 
 from vod.procs import wait_until as procs_wait_until
+from vod.secrets import read_secret, write_secret
 
 
 def log(msg: str) -> None:
@@ -36,3 +38,32 @@ def json_safe(obj):
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
     return procs_wait_until(predicate, timeout, what, interval, error=RuntimeError)
+
+
+def profile_totals(lines, waits: tuple[str, ...]) -> tuple[int, dict[str, int], dict[str, int]]:
+    """py-spy raw (collapsed stacks) lines -> (busy samples, self samples per frame, inclusive per frame).
+
+    The first entry of each stack names the thread; stacks whose innermost frame starts with one of
+    `waits` are time spent waiting, not working, and are left out."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in lines:
+        stack, _, count = line.rstrip("\n").rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames, n = stack.split(";")[1:], int(count)
+        if not frames or frames[-1].startswith(waits):
+            continue
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    return total, own, inclusive
+
+
+def domain_secret(workdir: str) -> tuple[str, bytes, dict[str, str]]:
+    """A fresh secret file in `workdir`: (its path, the secret, an environment naming it for child processes)."""
+    path = os.path.join(workdir, "secret")
+    write_secret(path)
+    return path, read_secret(path), dict(os.environ, VOD_SECRET_FILE=path)

@@ -52,18 +52,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # the Cluster harness lives with the tests
 
+from benchutil import pct  # noqa: E402
 from cluster import Cluster, wait_for  # noqa: E402
 from vod.groups.probe import BlockingClient, Ruid  # noqa: E402
 from vod.groups.wire import NextRuid  # noqa: E402
 
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))  # ceil
-    return ordered[int(min(rank, len(ordered))) - 1]
 
 
 def wait_settled_primary(cluster: Cluster, hold: float = 1.0, timeout: float = 30.0) -> str:

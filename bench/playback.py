@@ -70,8 +70,7 @@ from vod.groups.probe import Probe  # noqa: E402
 from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
 from vod.procs import ProcessGroup, console_script, free_port  # noqa: E402
-from vod.secrets import read_secret, write_secret  # noqa: E402
-from benchutil import json_safe, log, pct, wait_until  # noqa: E402
+from benchutil import domain_secret, json_safe, log, pct, profile_totals, wait_until  # noqa: E402
 from vod.server.cli import parse_rate  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -170,10 +169,7 @@ class System:
     def __init__(self, workdir: str, store_root: str):
         self.workdir = workdir
         self.store_root = store_root
-        self.secret_file = os.path.join(workdir, "secret")
-        write_secret(self.secret_file)
-        self.secret = read_secret(self.secret_file)
-        self.env = dict(os.environ, VOD_SECRET_FILE=self.secret_file)
+        self.secret_file, self.secret, self.env = domain_secret(workdir)
         self.group = ProcessGroup()
         self.coordinators = ""
         self.servers: dict[str, list[str]] = {}  # domain -> server names
@@ -441,26 +437,12 @@ WAITS = ("PollPoller.poll", "EPollReactor.doPoll", "Condition.wait (threading.py
 
 def print_profile(title: str, path: str, top: int = 18) -> None:
     """Hottest frames of a py-spy raw (collapsed stacks) file: self share, and inclusive share of vod code."""
-    own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
-    total = 0
     try:
-        f = open(path)
+        with open(path) as f:
+            total, own, inclusive = profile_totals(f, WAITS)
     except OSError:
         print(f"\n  ({title}: no profile at {path})")
         return
-    with f:
-        for line in f:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            frames, n = stack.split(";")[1:], int(count)
-            if not frames or any(w in frames[-1] for w in WAITS):
-                continue  # waiting, not working
-            total += n
-            own[frames[-1]] = own.get(frames[-1], 0) + n
-            for frame in set(frames):
-                inclusive[frame] = inclusive.get(frame, 0) + n
     if not total:
         print(f"\n  ({title}: no busy samples in {path})")
         return

@@ -60,8 +60,7 @@ from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
 from vod.media.video import read_jpeg_frames  # noqa: E402
 from vod.procs import ProcessGroup, console_script, free_port  # noqa: E402
-from vod.secrets import read_secret, write_secret  # noqa: E402
-from benchutil import json_safe, log, pct, wait_until  # noqa: E402
+from benchutil import domain_secret, json_safe, log, pct, wait_until  # noqa: E402
 
 HOST = "127.0.0.1"
 DOMAIN = "bench"
@@ -118,10 +117,7 @@ class System:
     def __init__(self, workdir: str, store: MovieStore, servers: int):
         self.workdir = workdir
         self.store = store
-        self.secret_file = os.path.join(workdir, "secret")
-        write_secret(self.secret_file)
-        self.secret = read_secret(self.secret_file)
-        self.env = dict(os.environ, VOD_SECRET_FILE=self.secret_file)
+        self.secret_file, self.secret, self.env = domain_secret(workdir)
         self.group = ProcessGroup()
         self.argv: dict[str, list[str]] = {}
         raft = [f"{HOST}:{free_port()}" for _ in range(3)]

@@ -62,6 +62,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # the Cluster harness lives with the tests
 
+from benchutil import pct, profile_totals  # noqa: E402
 from vod.strategy.mask import FrameMask  # noqa: E402
 from vod.strategy.placement import ServerInfo, Strategy, make_strategy  # noqa: E402
 from vod.strategy.restripe import restripe  # noqa: E402
@@ -71,14 +72,6 @@ ADMIT_TARGET_RATE = 1000.0
 ADMIT_TARGET_P99_MS = 20.0
 SERVE_FLAG = "--serve-members"  # internal: this file run as the child process holding the scripted servers
 
-
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    rank = max(1, -(-len(ordered) * q // 100))  # ceil
-    return ordered[int(min(rank, len(ordered))) - 1]
 
 
 def log(msg: str) -> None:
@@ -643,21 +636,8 @@ def start_profiler(spec: str, pid: int, workdir: str):
 
 def print_profile(path: str, top: int = 25) -> None:
     """The primary's hottest frames from py-spy's raw (collapsed stack) output: self and inclusive shares."""
-    own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
-    total = 0
     with open(path) as f:
-        for line in f:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            frames, n = stack.split(";")[1:], int(count)  # the first entry names the thread
-            if not frames or frames[-1].startswith("PollPoller.poll") or frames[-1].startswith("EPollReactor.doPoll"):
-                continue  # waiting for sockets, not work
-            total += n
-            own[frames[-1]] = own.get(frames[-1], 0) + n
-            for frame in set(frames):
-                inclusive[frame] = inclusive.get(frame, 0) + n
+        total, own, inclusive = profile_totals(f, ("PollPoller.poll", "EPollReactor.doPoll"))  # socket waits
     if not total:
         print(f"\n  (no samples in {path})")
         return
