@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 PYTEST_ARGS ?=
 
 .PHONY: demo test bench clean
@@ -22,13 +23,15 @@ test: $(STAMP)
 	-@scripts/ensure-system-deps ffmpeg
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(PY) bench/media_read.py
-	$(PY) bench/failover.py
-	$(PY) bench/strategy.py
-	$(PY) bench/playback.py
-	$(PY) bench/recovery.py
-	$(PY) bench/soak.py
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# The whole benchmark suite (under 30 minutes); regenerates docs/BENCHMARKS.md and docs/bench/*.png.
+# One benchmark alone: $(PY) bench/NAME.py --help; re-render only: $(PY) bench/suite.py --report-only
+bench: $(BENCH_STAMP)
+	-@scripts/ensure-system-deps ffmpeg nginx aria2:aria2c
+	$(PY) bench/suite.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import random
 import sys
@@ -46,6 +47,7 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=5000)
     ap.add_argument("--reads", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", action="store_true", help="also print the rows as one JSON document (last line)")
     args = ap.parse_args()
     store = MovieStore(os.path.join(args.workdir, "store"))
     build(store, args.frames, (640, 360))
@@ -76,6 +78,10 @@ def main() -> int:
     print(f"{'mode':32} {'frames/s':>12} {'MB/s':>9} {'us/frame':>9}")
     for label, nbytes, dt in rows:
         print(f"{label:32} {args.reads / dt:12,.0f} {nbytes / dt / 1e6:9,.0f} {dt / args.reads * 1e6:9.1f}")
+    if args.json:
+        print(json.dumps({"frames": args.frames, "reads": args.reads, "rows": [
+            {"mode": label, "frames_per_s": args.reads / dt, "mb_per_s": nbytes / dt / 1e6,
+             "us_per_frame": dt / args.reads * 1e6} for label, nbytes, dt in rows]}))
     return 0
 
 

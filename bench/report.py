@@ -1,0 +1,414 @@
+"""Render bench/results/ (what `bench/suite.py` recorded) as docs/BENCHMARKS.md and its PNG plots.
+
+Pure rendering: it reads the JSON records, runs nothing, and can be re-run (`bench/suite.py
+--report-only`). Each benchmark has one function below that picks its headline figures out of the
+document it printed; a figure says what was measured, the target where the issue sets one, and
+whether it was met. A benchmark that failed or was not run shows up as such, never silently.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+@dataclass(frozen=True)
+class Figure:
+    area: str
+    what: str
+    measured: str
+    target: str = ""
+    met: bool | None = None          # None: no target, reported only
+
+
+def machine_summary() -> dict:
+    def cpu_model() -> str:
+        try:
+            with open("/proc/cpuinfo") as f:
+                return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+        except OSError:
+            return platform.processor() or "?"
+
+    def mem_gib() -> float:
+        try:
+            with open("/proc/meminfo") as f:
+                kb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
+            return kb / 2**20
+        except (OSError, StopIteration):
+            return float("nan")
+
+    def commit() -> str:
+        try:
+            out = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True,
+                                 text=True, timeout=10)
+            return out.stdout.strip() or "?"
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+
+    return {"version": 1, "cpus": os.cpu_count(), "cpu": cpu_model(), "memory_gib": round(mem_gib(), 1),
+            "python": platform.python_version(), "system": f"{platform.system()} {platform.release()}",
+            "commit": commit(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+# -- number formatting ----------------------------------------------------------------------------------------
+
+def ms(value, digits: int = 0) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:,.{digits}f} ms"
+
+
+def pct(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def verdict(met: bool | None) -> str:
+    return {True: "**met**", False: "**missed**", None: ""}[met]
+
+
+# -- per benchmark: its headline figures ----------------------------------------------------------------------
+
+def figures_media_read(doc: dict) -> list[Figure]:
+    return [Figure("movie store", f"{row['mode']} ({doc['frames']:,}-frame store, 640x360)",
+                   f"{row['frames_per_s']:,.0f} frames/s, {row['mb_per_s']:,.0f} MB/s") for row in doc["rows"]]
+
+
+def figures_strategy(doc: dict) -> list[Figure]:
+    out = []
+    rows = doc.get("compute", {}).get("rows", [])
+    if rows:
+        for function in ("make_strategy", "restripe"):
+            mine = [r for r in rows if r["function"] == function]
+            worst = max(r["p99_ms"] for r in mine)
+            out.append(Figure("strategist", f"{function}, {mine[0]['frames']:,} frames, up to 16 servers: worst p99 "
+                                             f"of {len(mine)} rows", ms(worst, 2), "< 5 ms", worst < 5))
+    for phase in doc.get("admission", {}).get("phases", []):
+        if phase["phase"] not in ("open", "1 in flight"):
+            continue
+        p99 = phase.get("answer_p99_ms")
+        what = f"admission, {phase['phase']}, {phase['frames']:,}-frame movie"
+        out.append(Figure("strategist", what + ": requests/s", f"{phase['rate']:,.0f}/s", "≥ 1,000/s",
+                          phase["rate"] >= 1000 if phase["phase"] == "open" else None))
+        out.append(Figure("strategist", what + ": request → strategy p50 / p99",
+                          f"{ms(phase.get('push_p50_ms'), 1)} / {ms(phase.get('push_p99_ms'), 1)}", "p99 ≤ 20 ms",
+                          p99 is not None and phase.get("push_p99_ms", math.inf) <= 20))
+    return out
+
+
+def figures_failover(doc: dict) -> list[Figure]:
+    out = []
+    f = doc.get("failover")
+    if f:
+        out.append(Figure("group service", f"primary SIGKILL → first RUID by the new primary ({f['rounds']} rounds): "
+                                           "p50 / p99", f"{ms(f['p50_ms'])} / {ms(f['p99_ms'])}",
+                          "p50 ≤ 300, p99 ≤ 750 ms", f["p50_ms"] <= 300 and f["p99_ms"] <= 750))
+    for c in doc.get("commit_latency", []):
+        paced = c["load"].startswith("paced")
+        out.append(Figure("group service", f"commit latency, {c['load']}: p50 / p99 ({c['ops_per_s']:,.0f} ops/s)",
+                          f"{ms(c['p50_ms'], 2)} / {ms(c['p99_ms'], 2)}", "p99 ≤ 5 ms" if paced else "",
+                          c["p99_ms"] <= 5 if paced else None))
+    for v in doc.get("views", []):
+        out.append(Figure("group service", f"member {v['fault'].upper()} → VIEW at every survivor, failure timeout "
+                                           f"{v['failure_timeout_s']:g} s ({v['rounds']} rounds): p50 / p99",
+                          f"{ms(v['p50_ms'])} / {ms(v['p99_ms'])}", "p99 ≤ 1.0 s", v["p99_ms"] <= 1000))
+    return out
+
+
+def figures_playback(doc: dict) -> list[Figure]:
+    out = []
+    rt = doc.get("realtime")
+    if rt:
+        table = {row["what"]: row for row in rt["startup_table"]}
+        for what, row in table.items():
+            if what.startswith(("startup_ms", "spawn -> first frame", "reactor running -> first")):
+                out.append(Figure("playback", f"start-up, {what}, {row['n']} plays: p50 / p95",
+                                  f"{ms(row['p50_ms'])} / {ms(row['p95_ms'])}", "p95 ≤ 300 ms",
+                                  row["p95_ms"] <= 300))
+        out.append(Figure("playback", f"stalls over {len(rt['plays'])} real-time plays",
+                          f"{rt['stalls_total']} ({ms(rt['stall_ms_total'])})", "0", rt["stalls_total"] == 0))
+    dl = doc.get("download")
+    if dl:
+        pump4 = next((p for p in dl["pump"] if p["senders"] == 4), None)
+        for row in dl["rows"]:
+            out.append(Figure("playback", f"download `--fast`, 4 servers, {dl['frames']:,} frames "
+                                          f"({dl['bytes'] / 1e6:.0f} MB), {row['label']}",
+                              f"{row['mb_per_s']:,.0f} MB/s = {pct(row['fraction_of_pump'])} of the pump"
+                              + (f" ({pump4['mb_per_s']:,.0f} MB/s)" if pump4 else ""), "≥ 50% of the pump",
+                              row["fraction_of_pump"] >= 0.5))
+    sc = doc.get("scaling")
+    if sc:
+        for row in sc["rows"]:
+            out.append(Figure("scaling", f"N = {row['servers']} servers at C = {sc['rate'] / 1e6:g} MB/s each "
+                                         f"(max_servers {row['max_servers']})",
+                              f"{row['delivered'] / 1e6:.2f} MB/s = {pct(row['fraction'])} of N·C", "≥ 90% of N·C",
+                              row["fraction"] >= 0.9))
+    return out
+
+
+def figures_recovery(doc: dict) -> list[Figure]:
+    out = []
+    for name, phase in sorted(doc["phases"].items(), key=lambda kv: kv[0] != "server"):
+        title = "server SIGKILL" if name == "server" else "primary + server SIGKILL"
+        rep, restripe = phase["replacement_s"], phase["restripe_s"]
+        target = name == "server"
+
+        def s_ms(v):
+            return ms(None if v is None else v * 1000)
+
+        out.append(Figure("recovery", f"{title} → first replacement frame at the client ({phase['runs']} runs): "
+                                      "p50 / p95", f"{s_ms(rep['p50'])} / {s_ms(rep['p95'])}",
+                          "p95 ≤ 1.0 s" if target else "",
+                          (rep["p95"] is not None and rep["p95"] <= 1.0) if target else None))
+        if not target:
+            out.append(Figure("recovery", f"{title} → restriped strategy at the client: p50 / p95",
+                              f"{s_ms(restripe['p50'])} / {s_ms(restripe['p95'])}"))
+        out.append(Figure("recovery", f"{title}: runs with stalls (`--lead {doc['lead']:g}`)",
+                          f"{phase['runs_with_stalls']} of {phase['runs']}", "0" if target else "",
+                          phase["runs_with_stalls"] == 0 if target else None))
+        out.append(Figure("recovery", f"{title}: duplicates", pct(phase["duplicate_fraction"], 2), "≤ 2%" if target else "",
+                          phase["duplicate_fraction"] <= 0.02 if target else None))
+        out.append(Figure("recovery", f"{title}: output frame-exact", f"{phase['exact']} of {phase['runs']}",
+                          "all", phase["exact"] == phase["runs"]))
+    return out
+
+
+def figures_soak(doc: dict) -> list[Figure]:
+    thrown = sum(p["thrown"] for p in doc["ports"].values())
+    alive = all(doc["alive"].values())
+    escaped = sum(len(v) for v in doc.get("escaped", {}).values())
+    return [Figure("security", f"garbage soak: {thrown:,} garbage connections in {doc['seconds']:.0f} s on every port, "
+                               "a movie playing", f"all alive: {'yes' if alive else 'NO'}; movie frame-exact: "
+                                                  f"{'yes' if doc['exact'] else 'NO'}; tracebacks: {escaped}",
+                   "all alive, exact, 0 tracebacks", alive and doc["exact"] and escaped == 0)]
+
+
+def figures_peer(doc: dict) -> list[Figure]:
+    out = []
+    for row in doc.get("figures", []):
+        out.append(Figure("vs aria2 + nginx", row["what"], row["measured"], row.get("target", ""), row.get("met")))
+    return out
+
+
+def figures_concurrency(doc: dict) -> list[Figure]:
+    return [Figure("concurrency", row["what"], row["measured"], row.get("target", ""), row.get("met"))
+            for row in doc.get("figures", [])]
+
+
+FIGURES = {"media_read": figures_media_read, "strategy": figures_strategy, "failover": figures_failover,
+           "playback": figures_playback, "recovery": figures_recovery, "peer": figures_peer,
+           "concurrency": figures_concurrency, "soak": figures_soak}
+
+TITLES = {"media_read": "Movie store: random frame reads", "strategy": "Strategist: compute and admission",
+          "failover": "Group service: failover, commit latency, VIEW delivery",
+          "playback": "Playback: start-up, stalls, download vs a plain TCP pump, scaling",
+          "recovery": "Recovery: crashes during real-time playback",
+          "peer": "Side by side with aria2 + nginx", "concurrency": "Concurrent real-time clients",
+          "soak": "Garbage soak"}
+
+
+# -- plots ----------------------------------------------------------------------------------------------------
+
+def plot_all(records: dict, results: str, plots: str) -> dict[str, str]:
+    """Each plot whose data is there: {name: file name}. Without matplotlib: none, and the report says so."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    os.makedirs(plots, exist_ok=True)
+    made = {}
+    for name, draw in (("scaling", _plot_scaling), ("recovery", _plot_recovery), ("startup", _plot_startup),
+                       ("peer", _plot_peer), ("concurrency", _plot_concurrency)):
+        try:
+            fig = draw(plt, records, results)
+        except (KeyError, TypeError, ValueError, OSError, StopIteration) as e:
+            print(f"plot {name}: no data ({type(e).__name__}: {e})", file=sys.stderr)
+            continue
+        if fig is None:
+            continue
+        fig.tight_layout()
+        fig.savefig(os.path.join(plots, f"{name}.png"), dpi=110)
+        plt.close(fig)
+        made[name] = f"{name}.png"
+    return made
+
+
+def _doc(records: dict, name: str) -> dict:
+    return records[name]["doc"]
+
+
+def _plot_scaling(plt, records, results):
+    sc = _doc(records, "playback")["scaling"]
+    rows = sorted(sc["rows"], key=lambda r: r["servers"])
+    n = [r["servers"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(n, [r["delivered"] / 1e6 for r in rows], "o-", label="delivered (vod-client --fast)")
+    ax.plot(n, [k * sc["rate"] / 1e6 for k in n], "--", color="grey", label="N·C")
+    ax.plot(n, [0.9 * k * sc["rate"] / 1e6 for k in n], ":", color="grey", label="0.9·N·C (target)")
+    ax.set_xlabel("servers N, each --rate-limit C")
+    ax.set_ylabel("MB/s")
+    ax.set_xticks(n)
+    ax.set_title(f"Scaling with rate-limited servers (C = {sc['rate'] / 1e6:g} MB/s)")
+    ax.legend()
+    return fig
+
+
+def _plot_recovery(plt, records, results):
+    doc = _doc(records, "recovery")
+    # the first clean run whose trace the suite kept
+    run, path = next((r, os.path.join(results, f"recovery-{r['run']}.jsonl")) for r in doc["runs"]["server"]
+                     if r["exit"] == 0 and r.get("replacement_s") is not None
+                     and os.path.exists(os.path.join(results, f"recovery-{r['run']}.jsonl")))
+    with open(path) as f:
+        events = [json.loads(line) for line in f if line.strip()]
+    frames = [e for e in events if e.get("event") == "frame"]
+    t0, start = run["t0"], min(e["t"] for e in frames)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    # cumulative counts: the killed server's line goes flat, the survivors' lines steepen at the restripe
+    for server in sorted({e["server"] for e in frames}):
+        times = sorted(e["t"] - start for e in frames if e["server"] == server)
+        ax.step(times, range(1, len(times) + 1), where="post",
+                label=server + (" (killed)" if server == run["victim"] else ""))
+    ax.axvline(t0 - start, color="red", linestyle="--", label="SIGKILL")
+    ax.set_xlabel("seconds since the first frame")
+    if run.get("restripe_s") is not None:
+        ax.axvline(t0 + run["restripe_s"] - start, color="grey", linestyle=":", label="restripe at the client")
+    ax.set_ylabel("frames received from each server")
+    ax.set_title(f"Server crash during real-time play (run {run['run']}; replacement after "
+                 f"{run['replacement_s'] * 1000:.0f} ms)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _plot_startup(plt, records, results):
+    plays = _doc(records, "playback")["realtime"]["plays"]
+    spawn = sorted(p["first_frame_s"] * 1000 for p in plays if p.get("first_frame_s") is not None)
+    armed = sorted(p["summary"]["startup_ms"] for p in plays if p.get("summary"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for values, label in ((spawn, "process spawn → first frame at the viewer"),
+                          (armed, "client startup_ms (strategy armed → first frame due)")):
+        if values:
+            ax.step(values, [(i + 1) / len(values) for i in range(len(values))], where="post", label=label)
+    ax.axvline(300, color="grey", linestyle=":", label="target p95 300 ms")
+    ax.set_xlabel("ms")
+    ax.set_ylabel("fraction of plays")
+    ax.set_title(f"Start-up time, {len(plays)} real-time plays")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _plot_peer(plt, records, results):
+    bars = _doc(records, "peer")["bars"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    labels = [b["label"] for b in bars]
+    ax.barh(labels, [b["seconds"] for b in bars], color=["tab:blue" if b["tool"] == "vod" else "tab:orange"
+                                                         for b in bars])
+    ax.set_xlabel("seconds (median)")
+    ax.set_title("vod vs aria2 over nginx mirrors, same rate-limited sources")
+    ax.invert_yaxis()
+    return fig
+
+
+def _plot_concurrency(plt, records, results):
+    steps = _doc(records, "concurrency")["steps"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    k = [s["clients"] for s in steps]
+    ax.plot(k, [s["stalls"] for s in steps], "o-", label="stalls (all clients)")
+    ax.set_xlabel("concurrent real-time clients")
+    ax.set_ylabel("stalls")
+    ax2 = ax.twinx()
+    ax2.plot(k, [s["server_cpu_pct_max"] for s in steps], "s--", color="tab:green", label="busiest server CPU %")
+    ax2.set_ylabel("CPU % of one core")
+    ax.set_title("Concurrent real-time clients on four servers (2 cores)")
+    fig.legend(loc="upper left", fontsize="small")
+    return fig
+
+
+# -- the document ---------------------------------------------------------------------------------------------
+
+def load(results: str) -> tuple[dict, dict]:
+    records = {}
+    for name in FIGURES:
+        path = os.path.join(results, f"{name}.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                records[name] = json.load(f)
+    machine = {}
+    if os.path.exists(os.path.join(results, "machine.json")):
+        with open(os.path.join(results, "machine.json")) as f:
+            machine = json.load(f)
+    return records, machine
+
+
+def when(record: dict) -> str:
+    t = datetime.datetime.fromtimestamp(record["started"], datetime.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def render(results: str, doc_path: str, plots: str) -> None:
+    records, machine = load(results)
+    made = plot_all(records, results, plots)
+    rel = os.path.relpath(plots, os.path.dirname(doc_path))
+    lines = ["# Benchmarks", "",
+             "Generated by `make bench` (`bench/suite.py`, then `bench/report.py`) from the records in "
+             "`bench/results/`; do not edit by hand. Analysis of earlier runs, profiles and what was tried: "
+             "[BENCHMARK-NOTES.md](BENCHMARK-NOTES.md).", ""]
+    if machine:
+        lines += [f"Machine: {machine['cpus']} cores ({machine['cpu']}), {machine['memory_gib']} GiB, "
+                  f"{machine['system']}, Python {machine['python']}; code at `{machine['commit']}`; suite started "
+                  f"{machine['date']}. Everything runs on 127.0.0.1 on this one machine, one benchmark at a time; "
+                  "the load average around each benchmark is in its section. Benchmarks print tables; no test "
+                  "asserts on timing.", ""]
+    lines += ["## Every figure", "", "| area | figure | measured | target | |", "| --- | --- | --- | --- | --- |"]
+    problems = []
+    for name, extract in FIGURES.items():
+        record = records.get(name)
+        if record is None:
+            problems.append(f"- `{name}`: not run in this suite run.")
+            continue
+        if record.get("error"):
+            problems.append(f"- `{name}`: {record['error']}.")
+        if not record.get("doc"):
+            continue
+        try:
+            figures = extract(record["doc"])
+        except (KeyError, TypeError, ValueError, StopIteration) as e:
+            problems.append(f"- `{name}`: its document lacks a figure ({type(e).__name__}: {e}).")
+            continue
+        for fig in figures:
+            lines.append(f"| {fig.area} | {fig.what} ([how](#{name})) | {fig.measured} | {fig.target} | "
+                         f"{verdict(fig.met)} |")
+    if problems:
+        lines += ["", "Missing or failed:", "", *problems]
+    if made:
+        lines += ["", "## Plots", ""]
+        for name, file in made.items():
+            lines += [f"![{name}]({rel}/{file})", ""]
+    else:
+        lines += ["", "(No plots: matplotlib is not installed; `make bench` installs it.)"]
+    lines += ["", "## Each benchmark, as it ran", ""]
+    for name, title in TITLES.items():
+        record = records.get(name)
+        if record is None:
+            continue
+        lines += [f'<a id="{name}"></a>', f"### {title}", "",
+                  f"`{record['command']}`: {when(record)}, {record.get('wall_s', 0):.0f} s, load average (1 min) "
+                  f"{record['load_before']:.1f} before, {record.get('load_after', float('nan')):.1f} after"
+                  + (f"; **{record['error']}**" if record.get("error") else "") + ".", ""]
+        if record.get("tables"):
+            lines += ["```", record["tables"].rstrip(), "```", ""]
+    with open(doc_path, "w") as f:
+        f.write("\n".join(lines).rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    results = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "results")
+    render(results, os.path.join(ROOT, "docs", "BENCHMARKS.md"), os.path.join(ROOT, "docs", "bench"))
