@@ -225,8 +225,11 @@ def plot_all(records: dict, results: str, plots: str) -> dict[str, str]:
         return {}
     os.makedirs(plots, exist_ok=True)
     made = {}
-    for name, draw in (("scaling", _plot_scaling), ("recovery", _plot_recovery), ("startup", _plot_startup),
-                       ("peer", _plot_peer), ("concurrency", _plot_concurrency)):
+    for name, source, draw in (("scaling", "playback", _plot_scaling), ("recovery", "recovery", _plot_recovery),
+                               ("startup", "playback", _plot_startup), ("peer", "peer", _plot_peer),
+                               ("concurrency", "concurrency", _plot_concurrency)):
+        if not (records.get(source) or {}).get("doc"):
+            continue
         try:
             fig = draw(plt, records, results)
         except (KeyError, TypeError, ValueError, OSError, StopIteration) as e:
