@@ -346,7 +346,7 @@ def _plot_peer(plt, records, results):
 def _plot_concurrency(plt, records, results):
     steps = _doc(records, "concurrency")["steps"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    k = [s["clients"] for s in steps]
+    k = [s["k"] for s in steps]
     ax.plot(k, [s["stalls"] for s in steps], "o-", label="stalls (all clients)")
     ax.set_xlabel("concurrent real-time clients")
     ax.set_ylabel("stalls")

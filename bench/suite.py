@@ -56,7 +56,7 @@ BENCHES = (
            "--scale-servers", "1,2", "--scale-seconds", "2", "--json"), 600),
     Bench("recovery", ("--runs", "10", "--json"), ("--quick", "--json"), 480, keeps_workdir=True,
           keep=("server-0[1-3].jsonl",)),   # traces of server crashes: the recovery timeline plot
-    Bench("peer", ("--json",), ("--runs", "1", "--json"), 360, keeps_workdir=True, needs=("nginx", "aria2c")),
+    Bench("peer", ("--json",), ("--runs", "1", "--json"), 360, needs=("nginx", "aria2c")),
     Bench("concurrency", ("--json",), ("--steps", "5,10", "--seconds", "10", "--json"), 480),
     Bench("soak", ("--seconds", "60", "--json"), ("--seconds", "15", "--rate", "30", "--json"), 150),
 )
