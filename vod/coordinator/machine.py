@@ -51,10 +51,12 @@ class GroupMachine:
             # The same log entry ends the requests of clients that are gone: every replica agrees when.
             pushed += self.requests.clients_gone(gone, self.state)
         pushes = []
+        events = []
         for event, recipients in pushed:
             if recipients is None:
                 recipients = self.state.recipients(event)
-            data = event_to_dict(event)
+            data = event_to_dict(event)  # one dict per event, shared by the result, the pushes and outboxes
+            events.append(data)
             for member_id in recipients:
                 self._outbox(member_id).append(data)
             if recipients:
@@ -63,7 +65,7 @@ class GroupMachine:
                 self._outboxes.pop(event.member_id, None)
         if command.get("op") == "leave":
             self._outboxes.pop(command.get("member_id"), None)
-        return {"events": [event_to_dict(e) for e, _ in pushed], "pushes": pushes}
+        return {"events": events, "pushes": pushes}
 
     def _outbox(self, member_id: str) -> deque:
         box = self._outboxes.get(member_id)

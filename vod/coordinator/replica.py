@@ -42,6 +42,7 @@ from vod.coordinator.session import MemberSession
 log = logging.getLogger("vod.coordinator")
 
 STALL_GRACE_AFTER = 0.5  # seconds between two role checks (normally 0.02) that count as a stall
+STASH_LIMIT = 50_000  # events kept for members while the acting lease lapses; beyond that they are dropped
 
 
 class CoordinatorReplica:
@@ -69,9 +70,15 @@ class CoordinatorReplica:
         self._last_check: float | None = None
         self._strategizing: dict[int, list[defer.Deferred]] = {}  # RUID -> callers waiting for its strategy
         self._check_interval = check_interval
+        self.push_encoded: dict | None = None  # see _push
+        self._stashed: list[dict[str, list[dict]]] = []  # pushes owed while the lease lapsed (see _push)
+        self._stashed_term: int | None = None
+        self._stashed_events = 0
         self.machine = GroupMachine()
         self.raft = raft_factory(reactor, raft_addr, peers, secret, self.machine, data_dir, settings,
                                  on_view=self._on_raft_view, on_applied=self._on_applied)
+        if hasattr(self.raft, "on_applied_entry"):
+            self.raft.on_applied_entry = self._on_applied_entry  # one call per log entry, not per command
         # Timeouts are judged on `clock` (a monotonic one in production: a wall-clock jump must not
         # expire everybody at once); tests pass a twisted Clock as both reactor and clock.
         self.clock = clock or reactor
@@ -185,6 +192,7 @@ class CoordinatorReplica:
             self.recruiter.tick()
 
     def _become_primary(self) -> None:
+        self._push_stashed()
         # Nobody has heartbeated to us yet: judge nobody before the grace period is over.
         self.detector.grant_grace(self.grace)
         for member_id in self.raft.read(lambda m: list(m.state.members)):
@@ -258,28 +266,77 @@ class CoordinatorReplica:
     # -- committed events ---------------------------------------------------------------------------
 
     def _on_applied(self, command: dict, result: Any) -> None:
-        if not isinstance(result, dict) or "events" not in result:
+        self._on_applied_entry([(command, result)])
+
+    def _on_applied_entry(self, applied: list[tuple[dict, Any]]) -> None:
+        """The commands of one log entry, applied: bookkeeping, then the pushes, one Deliver per member.
+
+        A group commit puts many admissions in one entry; their pushes to the same server go out
+        together instead of one AMP box per command."""
+        owed: dict[str, list[dict]] = {}
+        for command, result in applied:
+            if not isinstance(result, dict) or "events" not in result:
+                continue
+            op = command.get("op")
+            if op == "join":
+                self.detector.heartbeat(command["member_id"])
+            gone = [event["member_id"] for event in result["events"] if event.get("type") == "MemberExcluded"]
+            if op == "leave":
+                gone.append(command["member_id"])
+            if gone:
+                self._push(owed)  # what earlier commands owe members reaches them before they are dropped
+                owed = {}
+                for member_id in gone:
+                    self._drop_member(member_id)
+            if self.acting and op in ("exclude", "leave"):
+                self._restripe_orphans()
+            if not self.sessions:
+                continue  # a follower: members are connected to the primary
+            for event, recipients in result["pushes"]:
+                for member_id in recipients:
+                    owed.setdefault(member_id, []).append(event)
+        self._push(owed)
+
+    def _push(self, owed: dict[str, list[dict]]) -> None:
+        """Committed events to the members connected here, if this replica acts as primary.
+
+        A primary whose acting lease lapsed for a moment (overload) pushes nothing meanwhile, but
+        keeps what it owes: if it acts again in the same term, that goes out first
+        (`_push_stashed`). Dropping it lost those strategies for good: a client and servers that
+        stayed connected never heard of their request's strategy."""
+        if not owed:
             return
-        op = command.get("op")
-        if op == "join":
-            self.detector.heartbeat(command["member_id"])
-        for event in result["events"]:
-            if event.get("type") == "MemberExcluded":
-                self._drop_member(event["member_id"])
-        if op == "leave":
-            self._drop_member(command["member_id"])
         if not self.acting:
+            if self.raft_view is not None and self.raft_view.role == LEADER:
+                if self._stashed_term != self.term:
+                    self._stashed, self._stashed_term = [], self.term
+                self._stashed.append(owed)
+                self._stashed_events += sum(len(events) for events in owed.values())
+                if self._stashed_events > STASH_LIMIT:
+                    self._drop_stashed()
             return
-        if op in ("exclude", "leave"):
-            self._restripe_orphans()
-        per_member: dict[str, list[dict]] = {}
-        for event, recipients in result["pushes"]:
-            for member_id in recipients:
-                per_member.setdefault(member_id, []).append(event)
-        for member_id, events in per_member.items():
-            session = self.sessions.get(member_id)
-            if session is not None:
-                session.deliver(events)
+        # id(event) -> its JSON text, for the sessions' pushes (the caller keeps the events alive
+        # meanwhile): an event pushed to several members is encoded once.
+        self.push_encoded = {}
+        try:
+            for member_id, events in owed.items():
+                session = self.sessions.get(member_id)
+                if session is not None:
+                    session.deliver(events)
+        finally:
+            self.push_encoded = None
+
+    def _push_stashed(self) -> None:
+        """Acting again: first what was committed while the lease had lapsed, if still in the same term."""
+        stashed, term = self._stashed, self._stashed_term
+        self._drop_stashed()
+        if term != self.term:
+            return  # another primary came between: members resume there, from its outboxes
+        for owed in stashed:
+            self._push(owed)
+
+    def _drop_stashed(self) -> None:
+        self._stashed, self._stashed_term, self._stashed_events = [], None, 0
 
     def _drop_member(self, member_id: str) -> None:
         self.detector.forget(member_id)
@@ -351,12 +408,19 @@ class CoordinatorReplica:
         return defer.gatherResults(proposals, consumeErrors=True)
 
     def open_request(self, client_id: str, request_id: str, movie: str, wanted: str) -> defer.Deferred:
-        """Admit (or find again) a request and make sure it has a strategy; fires with (ruid, state)."""
-        d = self.propose(rq.open_cmd(request_id, client_id, movie, wanted))
+        """Admit (or find again) a request and make sure it has a strategy; fires with (ruid, state).
+
+        One log entry (`req_admit`): it opens the request and every replica computes its strategy."""
+        d = self.propose(rq.admit_cmd(request_id, client_id, movie, wanted, self.placement))
 
         def admitted(result):
             _raise_refusal(result)
-            ruid = next(e["ruid"] for e in result["events"] if e["type"] == "RequestChanged")
+            changes = [e for e in result["events"] if e["type"] == "RequestChanged"]
+            ruid, last = changes[0]["ruid"], changes[-1]
+            if last["state"] == rq.FAILED and last["reason"] != rq.RETRY_REASON:
+                raise Refused(last["reason"])  # no server holds the movie: failed in this very entry
+            if last["state"] != rq.PENDING:
+                return ruid, last["state"]
             record = self.raft.read(lambda m: m.requests.request(ruid))
             if record["state"] != rq.PENDING:
                 return ruid, record["state"]
@@ -371,6 +435,11 @@ class CoordinatorReplica:
             return waiter.addCallback(lambda state: (ruid, state))
 
         return d.addCallback(admitted)
+
+    @property
+    def placement(self) -> dict:
+        """How this primary places requests, stamped into each req_admit (replicas have no say of their own)."""
+        return rq.placement_settings(policy=self.policy, max_servers=self.max_servers)
 
     def _strategized(self, result, ruid: int) -> None:
         for waiter in self._strategizing.pop(ruid, []):
@@ -398,6 +467,11 @@ class CoordinatorReplica:
         d = self.propose(rq.strategize_cmd(record["ruid"], strategy.to_dict()))
 
         def done(result):
+            if isinstance(result, dict) and "error" in result:
+                # Strategized meanwhile by a req_admit retry of the same request: that strategy stands.
+                now = self.raft.read(lambda m: m.requests.request(record["ruid"]))
+                if now is not None and now["state"] in (rq.STRATEGIZED, rq.STREAMING):
+                    return now["state"]
             _raise_refusal(result)
             return rq.STRATEGIZED
 

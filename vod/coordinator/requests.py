@@ -15,6 +15,16 @@ holding the domain secret): only that user's clients act on it. Its `log` keeps
 every state change, and each restripe keeps the assignments it replaced, so
 the user can read where each frame came from (`vod-admin request RUID`).
 
+Admission is one log entry (`req_admit`): it opens the request and, in the same
+apply, every replica computes its strategy from the replicated inputs (the
+wanted mask, the live servers of the client's domain with their capacities,
+and the placement settings the primary stamped into the command). Placement is
+a pure function (`vod.strategy.placement`), so every replica derives the same
+strategy, and the log carries the small request, not the strategy's masks.
+`req_open` and `req_strategize` (the strategy computed by the primary and
+carried in the log) stay: older logs hold them, and the primary still
+strategizes that way a request left pending by such a log.
+
 Each step that touches the video group does so in the same log entry:
 `strategize` creates `video:RUID` with the client and the strategy's servers
 (their VIEW is the seed's "join the video group"), and `cdone`, `cancel` and
@@ -25,14 +35,18 @@ A step is validated completely before anything changes.
 from __future__ import annotations
 
 import base64
-import copy
-from typing import Any, Mapping
+from collections import OrderedDict
+from collections.abc import Mapping  # not typing's alias: isinstance is slower through it
+from typing import Any
 
 from vod.groups import commands as group_cmds
 from vod.groups.commands import BadCommand
 from vod.groups.events import Event, RequestChanged, StrategyAssigned
 from vod.groups.state import GroupState, video_group
 from vod.strategy.mask import FrameMask, MaskTooLong
+from vod.strategy.placement import (
+    MAX_TAKERS, POLICIES, SERVER_CHOICES, NoServers, ServerInfo, StrategyError, make_strategy,
+)
 
 REQUEST_VERSION = 1
 PENDING, STRATEGIZED, STREAMING = "pending", "strategized", "streaming"
@@ -53,6 +67,14 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 }
 
 Pushed = tuple[Event, tuple[str, ...] | None]  # recipients None: ask GroupState.recipients
+
+RETRY_REASON = "retry of an open request"
+PLACEMENT_VERSION = 1
+MAX_BACKUPS = 16
+# Strategies of requests whose wanted mask is this short as text (a whole movie, a range) are kept,
+# per movie and server set, so the next such request costs a dict lookup, not a deal and an encoding.
+CACHE_WANTED_CHARS = 256
+CACHE_ENTRIES = 256
 
 
 def mask_to_text(mask: FrameMask) -> str:
@@ -85,6 +107,19 @@ def _mask_field(mask: FrameMask | str) -> str:
 
 def open_cmd(request_id: str, client: str, movie: str, wanted: FrameMask | str) -> dict:
     return _command("req_open", request_id=request_id, client=client, movie=movie, wanted=_mask_field(wanted))
+
+
+def placement_settings(policy: str = "weighted", max_servers: int = 4, server_choice: str = "capacity",
+                       backups: int = 2) -> dict:
+    """How `req_admit` places a request (`make_strategy`'s arguments), as versioned plain data."""
+    return {"v": PLACEMENT_VERSION, "policy": policy, "max_servers": max_servers, "server_choice": server_choice,
+            "backups": backups}
+
+
+def admit_cmd(request_id: str, client: str, movie: str, wanted: FrameMask | str, placement: dict) -> dict:
+    """Open a request and strategize it in one log entry (every replica computes the same strategy)."""
+    return _command("req_admit", request_id=request_id, client=client, movie=movie, wanted=_mask_field(wanted),
+                    placement=placement)
 
 
 def strategize_cmd(ruid: int, strategy: dict) -> dict:
@@ -128,6 +163,30 @@ def strategy_servers(strategy: Any) -> list[str]:
     return servers
 
 
+def _copied(value: Any) -> Any:
+    """A copy of plain JSON data (what records hold): copy.deepcopy without its memo, several times faster."""
+    if type(value) is dict:
+        return {key: _copied(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_copied(item) for item in value]
+    return value  # str, int, float, bool, None: immutable
+
+
+def _placement(data: Any) -> dict[str, Any]:
+    """`placement_settings` data, checked; BadCommand otherwise."""
+    if not isinstance(data, Mapping) or data.get("v") != PLACEMENT_VERSION:
+        raise BadCommand(f"placement settings must be a v{PLACEMENT_VERSION} object, not {data!r:.100}")
+    settings = {k: data.get(k) for k in ("policy", "max_servers", "server_choice", "backups")}
+    if settings["policy"] not in POLICIES or settings["server_choice"] not in SERVER_CHOICES:
+        raise BadCommand(f"unknown placement policy or server choice in {data!r:.200}")
+    for name, high in (("max_servers", MAX_TAKERS), ("backups", MAX_BACKUPS)):
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not (name == "backups" or value >= 1) \
+                or not 0 <= value <= high:
+            raise BadCommand(f"placement {name} must be an integer up to {high}, not {value!r:.50}")
+    return settings
+
+
 def summary(record: Mapping[str, Any]) -> dict[str, Any]:
     """A request without its masks: what `vod-admin requests/strategies` lists."""
     strategy = record.get("strategy") or {}
@@ -148,18 +207,21 @@ class RequestBook:
         self._caches: dict[str, dict[str, Any]] = {}  # "client|movie" -> {"client", "movie", "mask", "frames"}
         self._now: float | None = None  # the "at" stamp of the command being applied
         self._active: set[int] = set()  # RUIDs in ACTIVE states: what the primary scans on hot paths
+        # (movie, wanted, placement, servers) -> the strategy dict without RUID and client (derived data:
+        # a pure function's results, not part of the snapshot).
+        self._placed: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
 
     # -- reading ----------------------------------------------------------------------------------
 
     def request(self, ruid: int) -> dict[str, Any] | None:
         record = self._requests.get(ruid)
-        return copy.deepcopy(record) if record else None
+        return _copied(record) if record else None
 
     def requests(self) -> list[dict[str, Any]]:
-        return [copy.deepcopy(self._requests[r]) for r in sorted(self._requests)]
+        return [_copied(self._requests[r]) for r in sorted(self._requests)]
 
     def caches(self) -> list[dict[str, Any]]:
-        return [copy.deepcopy(self._caches[k]) for k in sorted(self._caches)]
+        return [_copied(self._caches[k]) for k in sorted(self._caches)]
 
     def active_for_client(self, client: str) -> list[int]:
         return sorted(r for r in self._active if self._requests[r]["client"] == client)
@@ -180,7 +242,7 @@ class RequestBook:
             record = self._requests[ruid]
             servers = [a["server"] for a in (record["strategy"] or {}).get("assignments", ())]
             if any(server not in live for server in servers):
-                out.append(copy.deepcopy(record))
+                out.append(_copied(record))
         return out
 
     # -- applying -----------------------------------------------------------------------------------
@@ -212,7 +274,7 @@ class RequestBook:
             if record.get("user", "") != member.user:  # the client id was another user's before
                 raise BadCommand(f"request id {request_id} of client {client} belongs to another user; "
                                  "use another request id or client id")
-            return [(self._changed(record, "retry of an open request"), (client,))]
+            return [(self._changed(record, RETRY_REASON), (client,))]
         info = groups.table(MOVIES_TABLE).get(movie)
         if info is None:
             raise BadCommand(f"unknown movie {movie!r}: no server of this coordinator group holds it")
@@ -229,6 +291,44 @@ class RequestBook:
         self._by_request_id[key] = ruid
         self._active.add(ruid)
         return [(self._changed(record, "admitted"), (client,))]
+
+    def _admit(self, groups: GroupState, request_id, client, movie, wanted, placement) -> list[Pushed]:
+        settings = _placement(placement)  # checked before anything changes
+        pushed = self._open(groups, request_id, client, movie, wanted)
+        record = self._requests[self._by_request_id[f"{client}|{request_id}"]]
+        if record["state"] != PENDING:
+            return pushed  # a retry: the request already has its strategy (or has ended)
+        try:
+            strategy = self._place(groups, record, settings)
+        except (NoServers, StrategyError) as err:
+            return pushed + self._end(groups, record, FAILED, str(err))
+        return pushed + self._strategize(groups, record["ruid"], strategy)
+
+    def _place(self, groups: GroupState, record: dict, settings: dict) -> dict[str, Any]:
+        """The strategy of a pending request, from replicated data only: the same on every replica."""
+        movie, domain = record["movie"], record["domain"]
+        uses_load = settings["server_choice"] == "least_loaded"
+        load = self.server_load() if uses_load else {}
+        servers = sorted((m.member_id, max(1, m.capacity), load.get(m.member_id, 0))
+                         for m in groups.members.values()
+                         if m.kind == "server" and m.domain == domain and movie in m.movies)
+        key = None
+        if len(record["wanted"]) <= CACHE_WANTED_CHARS:
+            key = (movie, record["frame_count"], record["wanted"], tuple(sorted(settings.items())), tuple(servers))
+            placed = self._placed.get(key)
+            if placed is not None:
+                self._placed.move_to_end(key)
+                return dict(placed, ruid=record["ruid"], client=record["client"])
+        wanted = mask_from_text(record["wanted"], record["frame_count"], "wanted mask")
+        infos = [ServerInfo(server, capacity, used, frozenset((movie,))) for server, capacity, used in servers]
+        strategy = make_strategy(record["ruid"], movie, record["client"], record["frame_count"], wanted, infos,
+                                 policy=settings["policy"], max_servers=settings["max_servers"],
+                                 server_choice=settings["server_choice"], backups=settings["backups"]).to_dict()
+        if key is not None:
+            self._placed[key] = {k: v for k, v in strategy.items() if k not in ("ruid", "client")}
+            while len(self._placed) > CACHE_ENTRIES:
+                self._placed.popitem(last=False)
+        return strategy
 
     def _strategize(self, groups: GroupState, ruid, strategy) -> list[Pushed]:
         record = self._step(ruid, "strategize")
@@ -248,17 +348,17 @@ class RequestBook:
             group_cmds.regroup_cmd(group, [record["client"], *servers]))]
         # The replaced assignments stay: the frames they covered that the new strategy drops had arrived.
         record["history"].append({"at": self._now, "failed": list(failed), "revision": record["revision"] + 1,
-                                  "replaced": copy.deepcopy(record["strategy"]["assignments"])})
+                                  "replaced": _copied(record["strategy"]["assignments"])})
         return pushed + self._assign(groups, record, strategy, "restripe", record["state"])
 
     def _assign(self, groups: GroupState, record: dict, strategy: dict, reason: str, state: str) -> list[Pushed]:
-        record["strategy"] = copy.deepcopy(strategy)
+        record["strategy"] = _copied(strategy)
         record["revision"] += 1
         self._move(record, state, groups, reason)
         group = video_group(record["ruid"])
         addresses = {server: groups.members[server].address for server in strategy_servers(strategy)
                      if server in groups.members}
-        event = StrategyAssigned(record["ruid"], group, record["revision"], reason, copy.deepcopy(strategy), addresses)
+        event = StrategyAssigned(record["ruid"], group, record["revision"], reason, _copied(strategy), addresses)
         members = groups.groups[group].members if group in groups.groups else ()
         return [(event, tuple(members)), (self._changed(record, reason), (record["client"],))]
 
@@ -292,17 +392,18 @@ class RequestBook:
         record = self._step(ruid, "fail")
         return self._end(groups, record, FAILED, str(reason))
 
-    _HANDLERS = {"req_open": _open, "req_strategize": _strategize, "req_restripe": _restripe, "req_start": _start,
-                 "req_cdone": _cdone, "req_cancel": _cancel, "req_fail": _fail}
+    _HANDLERS = {"req_admit": _admit, "req_open": _open, "req_strategize": _strategize, "req_restripe": _restripe,
+                 "req_start": _start, "req_cdone": _cdone, "req_cancel": _cancel, "req_fail": _fail}
 
     def clients_gone(self, member_ids: list[str], groups: GroupState) -> list[Pushed]:
         """Clients that left or were excluded: their active requests fail and their video groups dissolve."""
         self._now = None  # membership commands carry no time stamp
         pushed: list[Pushed] = []
-        for ruid in sorted(self._requests):
-            record = self._requests[ruid]
-            if record["client"] in member_ids and record["state"] in ACTIVE:
-                pushed += self._end(groups, record, FAILED, "the client left or crashed")
+        if not member_ids:
+            return pushed
+        gone = set(member_ids)
+        for ruid in sorted(r for r in self._active if self._requests[r]["client"] in gone):
+            pushed += self._end(groups, self._requests[ruid], FAILED, "the client left or crashed")
         return pushed
 
     # -- helpers ----------------------------------------------------------------------------------
@@ -360,10 +461,10 @@ class RequestBook:
             raise BadCommand(f"unknown request book snapshot version {data.get('v')!r}")
         book = cls()
         for record in data["requests"]:
-            book._requests[record["ruid"]] = copy.deepcopy(record)
+            book._requests[record["ruid"]] = _copied(record)
             if record["state"] in ACTIVE:
                 book._active.add(record["ruid"])
             book._by_request_id[f"{record['client']}|{record['request_id']}"] = record["ruid"]
         for cache in data["caches"]:
-            book._caches[f"{cache['client']}|{cache['movie']}"] = copy.deepcopy(cache)
+            book._caches[f"{cache['client']}|{cache['movie']}"] = _copied(cache)
         return book

@@ -26,9 +26,9 @@ from vod.coordinator.strictamp import StrictAMP
 from vod.groups import commands as cmds
 from vod.groups.commands import BadCommand
 from vod.groups.wire import (
-    COMMON_ERRORS, MAX_JSON, PROTOCOL_VERSION, AuthFailed, Authenticate, Cast, Challenge, Deliver, Heartbeat, Join, Leave,
-    CDone, Cancel, GetRequest, NextRuid, NotPrimary, OpenRequest, Progress, Refused, RegisterMovies, RegisterStandby,
-    Requests, Resume, RevokeUser, Started, Status, auth_mac,
+    COMMON_ERRORS, MAX_JSON, PROTOCOL_VERSION, AuthFailed, Authenticate, Cast, CDone, Cancel, Challenge, Deliver,
+    EncodedJson, GetRequest, Heartbeat, Join, Leave, NextRuid, NotPrimary, OpenRequest, Progress, Refused,
+    RegisterMovies, RegisterStandby, Requests, Resume, RevokeUser, Started, Status, auth_mac, encode_json, json_list,
 )
 
 if TYPE_CHECKING:
@@ -372,19 +372,34 @@ class MemberSession(StrictAMP):
         """Push events in order, split so each AMP value stays under its size limit.
 
         A strategy pushed to its client carries the client's stream token, minted here rather than
-        replicated: the secret stays out of the Raft log (`vod.stream.tokens`)."""
+        replicated: the secret stays out of the Raft log (`vod.stream.tokens`).
+
+        While the replica pushes an applied entry, `replica.push_encoded` maps id(event) to its JSON
+        text for all of that entry's pushes, so an event that goes to several members is encoded once.
+        Only the replicated events themselves, which outlive the push, are looked up there: the copies
+        `issue_in` makes (a strategy with this client's token) are encoded apart, since a copy's id
+        may be the id of another member's copy freed a moment ago."""
+        shared = {id(event) for event in events}  # alive for the whole push: their ids stay theirs
         events = self.replica.stream_tokens.issue_in(events, self.member_id)
-        batch: list[dict] = []
+        encoded: dict[int, EncodedJson] = getattr(self.replica, "push_encoded", None)
+        if encoded is None:
+            encoded = {}
+        batch: list[EncodedJson] = []
         size = 0
         for event in events:
-            event_size = len(repr(event)) + 16
-            if batch and size + event_size > MAX_JSON // 2:
-                self.callRemote(Deliver, events=batch, term=self.replica.term)
+            if id(event) in shared:
+                text = encoded.get(id(event))
+                if text is None:
+                    text = encoded[id(event)] = encode_json(event)
+            else:
+                text = encode_json(event)
+            if batch and size + len(text) + 1 > MAX_JSON // 2:
+                self.callRemote(Deliver, events=json_list(batch), term=self.replica.term)
                 batch, size = [], 0
-            batch.append(event)
-            size += event_size
+            batch.append(text)
+            size += len(text) + 1
         if batch:
-            self.callRemote(Deliver, events=batch, term=self.replica.term)
+            self.callRemote(Deliver, events=json_list(batch), term=self.replica.term)
 
     def _as_refusal(self, failure):
         if failure.check(NotPrimary, AuthFailed, Refused):

@@ -7,7 +7,8 @@ old view held n casts), and so on. `vod.groups.delivery` does that check.
 """
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from vod.groups.records import is_version, record_from_dict, record_to_dict
 

@@ -135,14 +135,21 @@ class _Replicated(SyncObjConsumer):
         # Set before any replicated data, so pysyncobj treats them as internals.
         self._machine = machine
         self._lock = lock
-        self._on_applied: Callable[[dict, Any], None] | None = None
+        self._on_applied: Callable[[dict, Any], None] | None = None  # per command
+        self._on_applied_entry: Callable[[list[tuple[dict, Any]]], None] | None = None  # per entry, first choice
 
     @replicated
     def apply_json(self, text: str):
         entry = json.loads(text)
-        if isinstance(entry, dict) and entry.get("op") == BATCH_OP and entry.get("v") == 1:
-            return [self._apply_one(command) for command in entry["commands"]]
-        return self._apply_one(entry)
+        batch = isinstance(entry, dict) and entry.get("op") == BATCH_OP and entry.get("v") == 1
+        applied = [(command, self._apply_one(command)) for command in (entry["commands"] if batch else [entry])]
+        if self._on_applied_entry is not None:
+            self._on_applied_entry(applied)  # one hand-over (one reactor wake-up) per log entry
+        elif self._on_applied is not None:
+            for command, result in applied:
+                self._on_applied(command, result)
+        results = [result for _, result in applied]
+        return results if batch else results[0]
 
     def _apply_one(self, command: dict) -> Any:
         with self._lock:
@@ -155,8 +162,6 @@ class _Replicated(SyncObjConsumer):
                 # Never let an exception escape: pysyncobj would not mark the entry applied and stall.
                 log.exception("applying a replicated command failed: %.200s", json.dumps(command))
                 result = {"error": type(err).__name__, "message": str(err)}
-        if self._on_applied is not None:
-            self._on_applied(command, result)
         return result
 
     def _serialize(self):
@@ -189,6 +194,8 @@ class RaftLog:
         self._consumer = _Replicated(machine, self.lock)
         self._on_view = on_view
         self._on_applied = on_applied
+        # If set: called instead of `on_applied`, once per log entry with its [(command, result), ...].
+        self.on_applied_entry: Callable[[list[tuple[dict, Any]]], None] | None = None
         self._last_view: RaftView | None = None
         self._view_lock = threading.Lock()
         # Shorter than the shortest election timeout: by the time followers may elect someone else,
@@ -207,7 +214,7 @@ class RaftLog:
         """Start the node; `peers` replaces the constructor's list (a standby learns it when recruited)."""
         if peers is not None:
             self._peers = [p for p in peers if p != self.self_addr]
-        self._consumer._on_applied = self._applied_on_tick_thread
+        self._consumer._on_applied_entry = self._applied_on_tick_thread
         self._node = _Node(self.self_addr, self._peers, self._conf, self._consumer)
         # Built unbatched (so pysyncobj makes its wake-up pipe), run batched: no second append round per
         # commit just to tell followers the commit index; `_tick` sends new entries at once instead.
@@ -222,9 +229,16 @@ class RaftLog:
 
     # -- called on pysyncobj's thread -------------------------------------------------------------
 
-    def _applied_on_tick_thread(self, command: dict, result: Any) -> None:
-        if self._on_applied is not None:
-            self.reactor.callFromThread(self._on_applied, command, result)
+    def _applied_on_tick_thread(self, applied: list[tuple[dict, Any]]) -> None:
+        if self._on_applied is not None or self.on_applied_entry is not None:
+            self.reactor.callFromThread(self._hand_applied, applied)
+
+    def _hand_applied(self, applied: list[tuple[dict, Any]]) -> None:
+        if self.on_applied_entry is not None:
+            self.on_applied_entry(applied)
+            return
+        for command, result in applied:
+            self._on_applied(command, result)
 
     def _tick(self) -> None:
         node = self._node

@@ -14,10 +14,13 @@ R = TypeVar("R")
 
 def record_to_dict(record: Any) -> dict[str, Any]:
     """The record's fields as a JSON-able dict (tuples become lists)."""
-    return {
-        field.name: _plain(getattr(record, field.name))
-        for field in dataclasses.fields(record)
-    }
+    names = _FIELD_NAMES.get(type(record))
+    if names is None:  # dataclasses.fields() is slow, and events are converted on every apply
+        names = _FIELD_NAMES[type(record)] = tuple(field.name for field in dataclasses.fields(record))
+    return {name: _plain(getattr(record, name)) for name in names}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
 def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:

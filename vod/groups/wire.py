@@ -48,6 +48,21 @@ class Refused(Exception):
 COMMON_ERRORS = {NotPrimary: b"NOT_PRIMARY", AuthFailed: b"AUTH_FAILED", Refused: b"REFUSED"}
 
 
+class EncodedJson(bytes):
+    """JSON text already encoded as `Json` encodes it (compact, sorted keys): sent as is, not dumped again.
+
+    The primary pushes the same events to several members; it encodes each once (`encode_json`)."""
+
+
+def encode_json(value: Any) -> EncodedJson:
+    return EncodedJson(json.dumps(value, separators=(",", ":"), sort_keys=True).encode())
+
+
+def json_list(items: list[EncodedJson]) -> EncodedJson:
+    """The encoded JSON array of already encoded items: the same text `encode_json` gives for the list."""
+    return EncodedJson(b"[" + b",".join(items) + b"]")
+
+
 class Json(amp.Argument):
     """A JSON value, size-limited, decoded strictly (a bad value is a protocol error: always ValueError).
 
@@ -58,7 +73,10 @@ class Json(amp.Argument):
     """
 
     def toString(self, inObject: Any) -> bytes:
-        data = json.dumps(inObject, separators=(",", ":"), sort_keys=True).encode()
+        if isinstance(inObject, EncodedJson):
+            data = bytes(inObject)
+        else:
+            data = json.dumps(inObject, separators=(",", ":"), sort_keys=True).encode()
         if len(data) > COMPRESS_ABOVE:
             data = ZLIB_MARKER + zlib.compress(data, 6)
         if len(data) > MAX_JSON:

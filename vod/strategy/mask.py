@@ -24,13 +24,24 @@ Wire format, version 1 (`FrameMask.to_bytes` / `FrameMask.from_bytes`)
     SPARSE_COMPLEMENT (2)
                as SPARSE, but encodes the complement: a mostly-full mask is
                sent as its few missing frames.
+    PERIODIC (3)
+               n as 4 little-endian bytes (1 <= n), then the first p frames
+               (the period, 1 <= p <= n) as RAW's payload (`serialize`, big
+               endian, zero pad bits); frame i is frame i mod p of that
+               pattern. A strategy's masks for a whole movie are periodic
+               (server 0 of 4 sends `1000` over and over), so this sends a
+               100,000-frame interleave in 8 bytes instead of 12,500.
 
-The encoder emits whichever kind is shortest (the lowest kind on a tie), so a
-mask never costs more than RAW's n / 8 + 3 bytes; the decoder accepts any kind.
+`to_bytes()` emits whichever of RAW, SPARSE and SPARSE_COMPLEMENT is shortest
+(the lowest kind on a tie), so a mask never costs more than RAW's n / 8 + 3
+bytes; `to_bytes(periodic=True)` (what strategies use) also looks for a period
+and emits PERIODIC when its payload is at most 24 bytes (without computing the
+other kinds) or strictly shortest. The decoder accepts any kind.
 The decoder raises `MaskError` on an unknown version or kind, a truncated
 payload, trailing bytes, a non-big-endian or malformed bitarray header, nonzero
-pad bits, or a length above `max_length` or `MAX_FRAMES`; the length is checked
-before anything of that size is allocated.
+pad bits, a period of 0 or longer than the mask, or a length above
+`max_length` or `MAX_FRAMES`; the length is checked before anything of that
+size is allocated.
 """
 
 from __future__ import annotations
@@ -42,12 +53,17 @@ from bitarray.util import any_and, deserialize, intervals, sc_decode, sc_encode,
 
 from vod.errors import MaskError
 
-__all__ = ["FrameMask", "MaskTooLong", "MAX_FRAMES", "WIRE_VERSION", "RAW", "SPARSE", "SPARSE_COMPLEMENT"]
+__all__ = ["FrameMask", "MaskTooLong", "MAX_FRAMES", "WIRE_VERSION", "RAW", "SPARSE", "SPARSE_COMPLEMENT", "PERIODIC"]
 
 # About 92 hours at 30 fps; bounds what a peer's 10-byte message can make us allocate.
 MAX_FRAMES = 10_000_000
 WIRE_VERSION = 1
-RAW, SPARSE, SPARSE_COMPLEMENT = 0, 1, 2
+RAW, SPARSE, SPARSE_COMPLEMENT, PERIODIC = 0, 1, 2, 3
+# The encoder looks for a period only in masks at least this long (shorter ones gain too little), and
+# tries at most this many candidate periods.
+_PERIODIC_MIN_FRAMES = 512
+_PERIOD_TRIES = 32
+_PERIODIC_SHORT = 24  # a PERIODIC payload this short is emitted without computing the other kinds
 
 _ENDIAN = "big"  # explicit, so the wire form never depends on bitarray's default
 _BIG_ENDIAN_HEAD = 0x10  # bit 4 of bitarray's serialize / sc_encode head byte
@@ -286,15 +302,49 @@ class FrameMask:
 
     # -- wire -------------------------------------------------------------
 
-    def to_bytes(self) -> bytes:
-        """The shortest version-1 encoding (see the module docstring)."""
-        candidates = (
+    def to_bytes(self, periodic: bool = False) -> bytes:
+        """The shortest version-1 encoding (see the module docstring); PERIODIC only if `periodic`."""
+        candidates = []
+        if periodic:
+            p = self.period()
+            if p is not None:
+                payload = len(self._bits).to_bytes(4, "little") + serialize(self._bits[:p])
+                if len(payload) <= _PERIODIC_SHORT:
+                    return bytes((WIRE_VERSION, PERIODIC)) + payload  # short enough: the others are not tried
+                candidates.append((PERIODIC, payload))
+        candidates += [
             (RAW, serialize(self._bits)),
             (SPARSE, sc_encode(self._bits)),
             (SPARSE_COMPLEMENT, sc_encode(~self._bits)),
-        )
-        kind, payload = min(candidates, key=lambda c: len(c[1]))
+        ]
+        kind, payload = min(candidates, key=lambda c: (len(c[1]), c[0] == PERIODIC))
         return bytes((WIRE_VERSION, kind)) + payload
+
+    def period(self) -> int | None:
+        """The smallest p <= length / 2 with frame i == frame i + p throughout, if one is found cheaply.
+
+        Only masks of at least 512 frames are examined, and a period is looked for among the
+        distances from the first frame of the rarer value (held or missing) to its next few, so a
+        None does not prove there is no period; a found one is checked against the whole mask.
+        """
+        bits = self._bits
+        n = len(bits)
+        if n < _PERIODIC_MIN_FRAMES:
+            return None
+        window = min(n, 4096)
+        rare = 1 if 2 * bits.count(1, 0, window) <= window else 0
+        places = bits.search(rare)
+        first = next(places, None)
+        if first is None:
+            return None
+        head = bits[:64]
+        for _, place in zip(range(_PERIOD_TRIES), places):
+            p = place - first
+            if p > n // 2:
+                return None
+            if bits[p:p + 64] == head and bits[p:] == bits[:n - p]:
+                return p
+        return None
 
     @classmethod
     def from_bytes(cls, data: bytes, max_length: int | None = None, *, length: int | None = None) -> FrameMask:
@@ -319,6 +369,8 @@ class FrameMask:
             bits = _decode_sparse(payload, limit)
             if kind == SPARSE_COMPLEMENT:
                 bits = ~bits
+        elif kind == PERIODIC:
+            bits = _decode_periodic(payload, limit)
         else:
             raise MaskError(f"unknown mask encoding kind {kind}")
         if length is not None and len(bits) != length:
@@ -342,6 +394,21 @@ def _decode_raw(payload: bytes, limit: int):
         return deserialize(payload)
     except Exception as err:  # bitarray's exception types are not a documented contract
         raise MaskError(f"bad raw mask: {err}") from None
+
+
+def _decode_periodic(payload: bytes, limit: int):
+    if len(payload) < 5:
+        raise MaskError("periodic mask truncated")
+    n = int.from_bytes(payload[:4], "little")
+    if n > limit:
+        raise MaskTooLong(n, limit)
+    pattern = _decode_raw(payload[4:], limit)
+    p = len(pattern)
+    if not 1 <= p <= n:
+        raise MaskError(f"periodic mask: a period of {p} frames for a mask of {n}")
+    bits = pattern * -(-n // p)
+    del bits[n:]
+    return bits
 
 
 def _decode_sparse(payload: bytes, limit: int):
