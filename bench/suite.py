@@ -47,7 +47,7 @@ class Bench:
 # The suite's sizes: enough rounds for a p95 that means something, all of it under 30 minutes.
 BENCHES = (
     Bench("media_read", ("--json",), ("--frames", "500", "--reads", "1000", "--json"), 120),
-    Bench("strategy", ("--runs", "30", "--seconds", "5", "--json"),
+    Bench("strategy", ("--runs", "30", "--seconds", "4", "--json"),
           ("--runs", "5", "--seconds", "2", "--floor-seconds", "1", "--json"), 300),
     Bench("failover", ("--rounds", "20", "--view-rounds", "10", "--seconds", "4", "--json"),
           ("--rounds", "3", "--view-rounds", "3", "--seconds", "2", "--json"), 420),
