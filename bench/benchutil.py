@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
+import time
 
 from vod.procs import wait_until as procs_wait_until
 from vod.secrets import read_secret, write_secret
@@ -34,6 +36,16 @@ def json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+def print_closing(doc: dict, started: float, load_before, kept: str | None, as_json: bool) -> None:
+    """A benchmark's last lines: wall time and load (kept in `doc` too), where its files are, and the JSON."""
+    doc["loadavg_after"] = os.getloadavg()
+    doc["wall_seconds"] = round(time.monotonic() - started, 1)
+    print(f"\n({doc['wall_seconds']} s in all; load average before {load_before[0]:.2f}, after "
+          f"{doc['loadavg_after'][0]:.2f} on {os.cpu_count()} cores{f'; logs kept in {kept}' if kept else ''})")
+    if as_json:
+        print(json.dumps(json_safe(doc), sort_keys=True))
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):

@@ -50,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from benchutil import json_safe, log, pct  # noqa: E402
+from benchutil import log, pct, print_closing  # noqa: E402
 from playback import CLK_TCK, System, proc_cpu  # noqa: E402
 from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
@@ -414,7 +414,8 @@ def figures(doc: dict, args) -> list[dict]:
     contended = any(s["contended"] for s in steps)
     return [
         {"what": f"largest number of concurrent real-time clients with zero stalls ({what})",
-         "measured": f"{best or 0}" + (f" (first not clean: {doc['first_unclean']})" if doc["first_unclean"] else "")
+         "measured": f"{best or 0}" + (f" (first not clean: {doc['first_unclean']})" if doc["first_unclean"]
+                                       else " (every step clean; more not tried)")
                      + (" [contended machine]" if contended else ""),
          "target": f"≥ {TARGET_CLIENTS}", "met": (best or 0) >= TARGET_CLIENTS},
         {"what": f"per server at K={at['k']}: CPU over the step / peak RSS",
@@ -503,15 +504,10 @@ def main() -> int:
     first_bad = next((s["k"] for s in doc["steps"] if not s["clean"]), None)
     doc["largest_clean"] = max(clean) if clean else None
     doc["first_unclean"] = first_bad
-    doc["loadavg_after"] = os.getloadavg()
-    doc["wall_seconds"] = round(time.monotonic() - started, 1)
     doc["figures"] = figures(doc, args)
     if doc["steps"]:
         print_table(doc, args)
-    print(f"({doc['wall_seconds']} s in all; load average before {doc['loadavg_before'][0]:.2f}, after "
-          f"{doc['loadavg_after'][0]:.2f} on {doc['cores']} cores{f'; logs kept in {rundir}' if args.keep else ''})")
-    if args.json:
-        print(json.dumps(json_safe(doc), sort_keys=True))
+    print_closing(doc, started, doc["loadavg_before"], rundir if args.keep else None, args.json)
     return 0
 
 

@@ -70,7 +70,7 @@ from vod.groups.probe import Probe  # noqa: E402
 from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
 from vod.procs import ProcessGroup, console_script, free_port  # noqa: E402
-from benchutil import domain_secret, json_safe, log, pct, profile_totals, wait_until  # noqa: E402
+from benchutil import domain_secret, log, pct, print_closing, profile_totals, wait_until  # noqa: E402
 from vod.server.cli import parse_rate  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -815,13 +815,7 @@ def main() -> int:
         system.stop_all()
         if not args.keep:
             shutil.rmtree(rundir, ignore_errors=True)
-    doc["loadavg_after"] = os.getloadavg()
-    doc["wall_seconds"] = round(time.monotonic() - started, 1)
-    print(f"\n({doc['wall_seconds']} s in all; load average before {load_before[0]:.2f}, after "
-          f"{doc['loadavg_after'][0]:.2f} on {os.cpu_count()} cores{'' if args.keep else ''}"
-          f"{f'; logs kept in {rundir}' if args.keep else ''})")
-    if args.json:
-        print(json.dumps(json_safe(doc), sort_keys=True))
+    print_closing(doc, started, load_before, rundir if args.keep else None, args.json)
     return 0
 
 
