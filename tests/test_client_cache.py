@@ -109,3 +109,15 @@ def test_the_default_root_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_root() == str(tmp_path / "home" / ".cache" / "vod")
+
+
+def test_many_frames_go_in_one_append_and_held_ones_are_skipped(tmp_path):
+    fill(tmp_path, [1])
+    cache = FrameCache(str(tmp_path), "m").open()
+    frames = [(i, jpeg(i), hashlib.sha256(jpeg(i)).digest()) for i in (4, 1, 2, 4)]  # 1 held, 4 twice
+    cache.append_many(frames)
+    assert [cache.read(i) for i in (1, 2, 4)] == [jpeg(1), jpeg(2), jpeg(4)]
+    cache.close()
+    reopened = FrameCache(str(tmp_path), "m").open()
+    assert reopened.held() == FrameMask.from_indices(6, [1, 2, 4]) and reopened.discarded_bytes == 0
+    reopened.close()

@@ -55,9 +55,10 @@ class Listener:
     def credit(self):
         return self.until
 
-    def frame_received(self, feed, message):
-        self.frames.append((message.index, message.payload))
-        self.held = self.held | FrameMask.from_indices(FRAMES, [message.index])
+    def frames_received(self, feed, messages):
+        for message in messages:
+            self.frames.append((message.index, message.payload))
+            self.held = self.held | FrameMask.from_indices(FRAMES, [message.index])
 
     def feed_changed(self, feed):
         self.changes.append(feed.state)
@@ -294,3 +295,18 @@ def test_stopping_while_connecting_abandons_the_attempt(setup):
     assert feed.state is FeedState.CLOSED
     clock.advance(10)
     assert len(net.attempts) == 1
+
+
+def test_the_good_frames_of_one_read_come_together_in_order_and_a_bad_one_is_asked_for_again(setup):
+    clock, net, listener, feed = setup
+    batches = []
+    listener.frames_received = lambda feed, messages: batches.append([m.index for m in messages])
+    proto, transport = connected(setup)
+    sent(transport)
+    proto.dataReceived(frame(0) + frame(2) + frame(4, corrupt=True) + frame(6))
+    proto.dataReceived(frame(8)[:40])
+    proto.dataReceived(frame(8)[40:] + p.encode_end(RUID, 1, 5))
+    # One delivery per read, split where the bad frame was (everything before it is in when it is asked again).
+    assert batches == [[0, 2], [6], [8]] and feed.bad_frames == 1
+    assert sent(transport) == [("RESEND", {"frames": [4]})]
+    assert feed.state is FeedState.ENDED

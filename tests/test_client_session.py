@@ -436,3 +436,15 @@ def test_credit_follows_the_playhead(tmp_path):
     h.clock.advance(0.25)
     credits = [m.body["until"] for m in p.ControlDecoder().feed(t1.value()) if m.name == "CREDIT"]
     assert credits and credits[-1] > 3
+
+
+def test_a_download_credit_window_is_wide_but_bounded_by_the_picture_size():
+    from vod.client.cache import MovieMeta
+    from vod.client.session import FAST_BUFFER_FRAMES, fast_buffer_frames
+
+    def window(width, height):
+        return fast_buffer_frames(MovieMeta("m", 5000, 24.0, width, height), lead=2.0)
+
+    assert window(640, 360) == FAST_BUFFER_FRAMES  # wide: far more than two seconds of movie
+    assert 96 < window(1920, 1080) < FAST_BUFFER_FRAMES  # fewer frames of a bigger picture
+    assert window(7680, 4320) == window(0, 0) == 96  # never under the play-mode window (twice the lead)

@@ -9,6 +9,7 @@ import textwrap
 import urllib.request
 
 import pytest
+from twisted.internet import defer
 
 from conftest import have_ffmpeg, needs_ffmpeg
 from vod.client.sinks import AviSink, HttpSink, MjpegAviWriter, Player, WindowSink, gui_backend
@@ -203,3 +204,32 @@ def test_http_stream_decodes_without_errors(tmp_path):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_player_gives_reactor_sinks_frames_in_hand_at_once_and_keeps_the_order_behind_a_read():
+    class Later:
+        """A worker whose jobs run when the test says."""
+
+        def __init__(self):
+            self.jobs = []
+
+        def submit(self, fn, *args):
+            d = defer.Deferred()
+            self.jobs.append((fn, args, d))
+            return d
+
+        def run_all(self):
+            while self.jobs:
+                fn, args, d = self.jobs.pop(0)
+                d.callback(fn(*args))
+
+    worker, threaded, on_reactor = Later(), Recorder(True), Recorder(False)
+    player = Player(worker, [threaded, on_reactor], lambda i: b"cached%d" % i, lambda e: None, lambda: None)
+    player.play_many([(0, b"zero"), (1, b"one")])
+    assert on_reactor.got == [(0, b"zero"), (1, b"one")] and threaded.got == []  # the viewer does not wait
+    player.play(2, None)  # read from the cache on the worker
+    player.play(3, b"three")  # in hand, but behind the read: the reactor sinks get it after frame 2
+    assert len(on_reactor.got) == 2 and player.in_flight == 4
+    worker.run_all()
+    expected = [(0, b"zero"), (1, b"one"), (2, b"cached2"), (3, b"three")]
+    assert on_reactor.got == threaded.got == expected and player.in_flight == 0

@@ -44,6 +44,7 @@ LOG_MAGIC = b"VODC"
 RECORD = struct.Struct(">4sII32sI")
 RECORD_MAGIC = b"VCFR"
 SYNC_EVERY = 256  # records between fsyncs: a crash costs at most these frames, never a wrong one
+WRITE_BATCH = 256  # records per pwritev: two buffers each, well under the system's IOV_MAX (1024 on Linux)
 
 
 def default_cache_root() -> str:
@@ -196,22 +197,41 @@ class FrameCache:
 
     def append(self, index: int, payload: bytes, sha256: bytes) -> None:
         """Add a received (verified) frame; a frame held already is left as it is."""
-        if index in self._index or self.meta is None:
+        self.append_many([(index, payload, sha256)])
+
+    def append_many(self, frames: list[tuple[int, bytes, bytes]]) -> None:
+        """Add received (verified) frames, (index, payload, SHA-256) each, with one write per `WRITE_BATCH`
+        frames (a download brings dozens per read); frames held already are left as they are."""
+        if self.meta is None:
             return
-        head = RECORD.pack(RECORD_MAGIC, index, len(payload), sha256, 0)[:-4]
-        record = head + struct.pack(">I", zlib.crc32(head))
+        fresh, seen = [], set()
+        for frame in frames:
+            if frame[0] not in self._index and frame[0] not in seen:
+                seen.add(frame[0])
+                fresh.append(frame)
+        for start in range(0, len(fresh), WRITE_BATCH):
+            self._write_records(fresh[start:start + WRITE_BATCH])
+
+    def _write_records(self, frames: list[tuple[int, bytes, bytes]]) -> None:
+        buffers, placed, offset = [], [], self._end
+        for index, payload, sha256 in frames:
+            head = RECORD.pack(RECORD_MAGIC, index, len(payload), sha256, 0)[:-4]
+            buffers += (head + struct.pack(">I", zlib.crc32(head)), payload)
+            placed.append((index, offset + RECORD.size, len(payload)))
+            offset += RECORD.size + len(payload)
         try:
-            written = os.pwritev(self._fd, [record, payload], self._end)
-            if written != len(record) + len(payload):
+            written = os.pwritev(self._fd, buffers, self._end)
+            if written != offset - self._end:
                 raise OSError(28, "short write")
         except OSError as err:
-            # Cut the torn record now rather than on the next open.
+            # Cut the torn records now rather than on the next open.
             os.ftruncate(self._fd, self._end)
-            raise StoreError(f"cache {self.path}: cannot write frame {index} ({err.strerror}); "
+            raise StoreError(f"cache {self.path}: cannot write frame {frames[0][0]} ({err.strerror}); "
                              "free some space or give another --cache DIR") from None
-        self._index[index] = (self._end + RECORD.size, len(payload))
-        self._end += RECORD.size + len(payload)
-        self._unsynced += 1
+        for index, at, length in placed:
+            self._index[index] = (at, length)
+        self._end = offset
+        self._unsynced += len(frames)
         if self._unsynced >= SYNC_EVERY:
             self.sync()
 

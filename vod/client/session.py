@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import enum
 import logging
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -61,7 +62,22 @@ STRATEGY_PATIENCE = 5.0  # seconds to wait for the strategy before asking again
 OPEN_ATTEMPTS = 3
 JOIN_TIMEOUT = 10.0
 MAX_IN_FLIGHT = 32  # frames handed to the sinks but not written yet (bounds memory in fast mode)
+# The credit window of a download (--fast): frames the servers may send beyond the playhead. The play-mode
+# default, twice the lead (96 frames at 24 fps, 1.5 MB of 640x360 JPEGs), costs a credit round trip every
+# 0.4 MB on loopback, where the servers then wait for it; 512 frames (8 MB here) keeps them sending. Memory
+# stays bounded for big pictures too: at most FAST_BUFFER_BYTES of JPEGs at an (ample) bit per pixel.
+FAST_BUFFER_FRAMES = 512
+FAST_BUFFER_BYTES = 32 * 1024 * 1024
 CLOSE_PATIENCE = 5.0  # seconds the last coordinator calls (CDone, Cancel, Leave) may take
+
+
+def fast_buffer_frames(meta: MovieMeta, lead: float) -> int:
+    """The credit window of a download: FAST_BUFFER_FRAMES, fewer for big pictures, never less than the
+    play-mode window (twice the lead); just that when the catalogue does not give the picture size."""
+    play_window = 2 * math.ceil(lead * meta.fps)
+    if not (meta.width and meta.height):
+        return play_window
+    return max(play_window, min(FAST_BUFFER_FRAMES, FAST_BUFFER_BYTES * 8 // (meta.width * meta.height)))
 
 
 class PlayState(enum.StrEnum):
@@ -348,8 +364,11 @@ class PlaybackSession(SerialInputs):
         self.sinks = self._make_sinks(meta)
         startup = max(1, round(self.options.startup_seconds * meta.fps))
         gated = any(not s.ready.called for s in self.sinks)
+        buffer_frames = self.options.buffer_frames
+        if buffer_frames is None and self.options.fast:
+            buffer_frames = fast_buffer_frames(meta, self.options.lead)
         self.buffer = PlayoutBuffer(meta.frame_count, meta.fps, wanted, held, self._clock, lead=self.options.lead,
-                                    buffer_frames=self.options.buffer_frames, startup_frames=startup,
+                                    buffer_frames=buffer_frames, startup_frames=startup,
                                     fast=self.options.fast, gated=gated)
         if self._pause_wanted:
             self.buffer.pause()
@@ -461,19 +480,30 @@ class PlaybackSession(SerialInputs):
         return self.buffer.credit_until(self._clock.seconds())
 
     def frame_received(self, feed: ServerFeed, message: FrameMessage) -> None:
+        self.frames_received(feed, [message])
+
+    def frames_received(self, feed: ServerFeed, messages: list[FrameMessage]) -> None:
+        """A feed's verified frames, one read's worth: merged one by one, then cached in one job and played in
+        one round (per batch, not per frame: a download brings dozens of frames per read)."""
         if self.state is not PlayState.STREAMING:
             if self._trace is not None and self.buffer is not None:
-                self._trace.frame(message.index, feed.server_id, message.revision,
-                                  self.buffer.holds(message.index), "ignored")
+                for message in messages:
+                    self._trace.frame(message.index, feed.server_id, message.revision,
+                                      self.buffer.holds(message.index), "ignored")
             return
-        arrival = self.buffer.receive(message.index, message.payload, feed.server_id)
-        if self._trace is not None:
-            self._trace.frame(message.index, feed.server_id, message.revision, arrival is Arrival.DUPLICATE,
-                              arrival.value)
-        if arrival in (Arrival.ACCEPTED, Arrival.LATE) and self._cache is not None:
-            self._worker.submit(self._cache.append, message.index, message.payload, message.sha256) \
-                .addErrback(self._cache_failed)
-        if arrival is Arrival.ACCEPTED and not self._started_sent:
+        to_cache, accepted = [], False
+        receive, server = self.buffer.receive, feed.server_id
+        for message in messages:
+            arrival = receive(message.index, message.payload, server)
+            if self._trace is not None:
+                self._trace.frame(message.index, server, message.revision, arrival is Arrival.DUPLICATE,
+                                  arrival.value)
+            if arrival is Arrival.ACCEPTED or arrival is Arrival.LATE:
+                to_cache.append((message.index, message.payload, message.sha256))
+                accepted = accepted or arrival is Arrival.ACCEPTED
+        if to_cache and self._cache is not None:
+            self._worker.submit(self._cache.append_many, to_cache).addErrback(self._cache_failed)
+        if accepted and not self._started_sent:
             self._started_sent = True
             self._call_quietly(wire.Started, ruid=self.ruid)
         if self.buffer.complete:
@@ -626,8 +656,7 @@ class PlaybackSession(SerialInputs):
         now = self._clock.seconds()
         room = MAX_IN_FLIGHT - self._player.in_flight
         if room > 0:
-            for index, payload in self.buffer.frames_due(now, limit=room):
-                self._player.play(index, payload)
+            self._player.play_many(self.buffer.frames_due(now, limit=room))
         self._grant_credit()
         self._cancel_timer("pump")
         wakeup = self.buffer.next_wakeup(now)
