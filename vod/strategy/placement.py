@@ -65,7 +65,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-import numpy as np
 
 from vod.errors import MaskError, VodError
 from vod.strategy.mask import MAX_FRAMES, FrameMask
@@ -368,6 +367,9 @@ def deal(frames: FrameMask, weights: Sequence[int]) -> list[FrameMask]:
     """
     if not 1 <= len(weights) <= MAX_TAKERS or not all(_is_int(w) and w > 0 for w in weights):
         raise StrategyError(f"deal needs 1..{MAX_TAKERS} positive integer weights, not {list(weights)!r}")
+    # imported here, not at the top: clients import this module for `Strategy`, and numpy is ~60 ms of start-up
+    import numpy as np
+
     order = np.frombuffer(_dealing_order(frames.count(), weights), dtype=np.uint8)
     if len(order) == len(frames):
         placed = order  # every frame is dealt: ranks are frame numbers
