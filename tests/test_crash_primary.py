@@ -92,7 +92,9 @@ def test_primary_killed_mid_movie_the_new_primary_continues_answers_restripes_an
     time.sleep(1.0)  # a second into the ten-second movie
     assert a.poll() is None
 
-    # B opens its request through the proxy; the primary commits it, its answer stays in the proxy.
+    # B opens its request through the proxy; the primary commits it, its answer stays in the proxy. Asked
+    # again here: under load an election may have moved the primary since the cluster started.
+    primary = cluster.wait_primary()
     proxy.forward_to(cluster.listen(primary))
     proxy.hold_replies_after(b"OpenRequest")
     b = system.play(*STARTUP, "--log-level", "DEBUG", "--coordinators",
