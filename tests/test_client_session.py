@@ -5,10 +5,11 @@ import base64
 import hashlib
 
 import pytest
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.task import Clock
 
 from test_client_feed import FakeNet
+from vod.client import session as session_module
 from vod.client.cache import FrameCache
 from vod.client.session import PlaybackSession, PlayFailed, PlayOptions, PlayState
 from vod.errors import UsageError
@@ -359,6 +360,37 @@ def test_frames_that_never_come_are_asked_for_once_more_then_given_up(tmp_path):
     assert held == FrameMask.full(FRAMES) - FrameMask.from_indices(FRAMES, [11])
     h.clock.advance(10)
     assert h.result.state is PlayState.DONE and h.result.summary["frames_missing"] == 1
+
+
+def refuse_pending(h, address):
+    for attempt, _, d in h.net.attempts:
+        if attempt == address and not d.called:
+            d.errback(error.ConnectionRefusedError("refused"))
+
+
+def test_a_server_given_up_on_does_not_hang_the_play_while_others_wait_for_credit(tmp_path):
+    """s2 refuses every connection (say it never learned its assignment) while the coordinator, which thinks
+    it fine, never restripes; s1 has sent what its credit allows and waits behind s2's first frame. The play
+    asks s2 again after BLOCKED_GRACE, then gives the missing frames up: it ends instead of hanging."""
+    h = Harness(tmp_path).start()
+    h.clock.advance(0.02)
+    refuse_pending(h, "10.0.0.2:9000")
+    p1, _ = h.accept_all()["10.0.0.1:9000"]
+    for _ in range(200):  # reconnections, with their back-off, until the feed gives up
+        refuse_pending(h, "10.0.0.2:9000")
+        h.clock.advance(0.05)
+    assert h.session.feeds["s2"].state.value == "failed"
+    h.send(p1, [0, 2, 4])  # no END: s1 still owes frames and waits for credit that frame 1 holds back
+    attempts = len(h.net.attempts)
+    run_for(h, session_module.BLOCKED_GRACE + 1.5)
+    assert len(h.net.attempts) > attempts  # asked again
+    for _ in range(200):
+        refuse_pending(h, "10.0.0.2:9000")
+        h.clock.advance(0.05)
+    run_for(h, session_module.BLOCKED_GRACE + 1.5)
+    assert h.session.state in (PlayState.DRAINING, PlayState.DONE)
+    h.clock.advance(30)
+    assert h.result.state is PlayState.DONE and h.result.summary["frames_missing"] > 0
 
 
 def test_a_frame_asked_for_again_completes_the_play(tmp_path):

@@ -9,7 +9,7 @@
     AWAITING_STRATEGY --no_strategy--> REQUESTING              (OpenRequest again, same request id: same RUID)
     STREAMING --strategy--> STREAMING                          (restripe: fence, add, drop feeds)
     STREAMING --complete--> DRAINING                           (every wanted frame in: CDone, feeds stopped)
-    STREAMING --settled--> STREAMING                           (feeds done, frames missing: ask once more)
+    STREAMING --settled--> STREAMING                           (frames missing, none can come: ask once more)
     STREAMING --give_up--> DRAINING                            (still missing: CDone with what is held)
     DRAINING --played_out--> CLOSING --closed--> DONE          (sinks finished, the AVI renamed into place)
     AWAITING_STRATEGY/STREAMING --dissolved/request_ended--> FAILED  (the coordinator ended the request)
@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY = 1.0  # seconds between Progress reports (the coordinator restripes from the latest)
 TICK = 0.1  # seconds between credit grants and end-of-stream checks
 SETTLE_GRACE = 2.0  # seconds to wait, once every feed is done with frames still missing, for a restripe
+# seconds to wait, when only the feeds that owe the next missing frame are done, for a restripe; longer than
+# any restripe takes (failure timeout + a new primary's grace), so it only ends what would otherwise hang
+BLOCKED_GRACE = 5.0
 REFETCH_ROUNDS = 1  # reconnections to servers that still owe frames before giving the frames up
 STRATEGY_PATIENCE = 5.0  # seconds to wait for the strategy before asking again
 OPEN_ATTEMPTS = 3
@@ -538,17 +541,33 @@ class PlaybackSession(SerialInputs):
             self._check_settled()
 
     def _check_settled(self) -> None:
-        """Every feed is done yet frames are missing: wait a little for a restripe, then ask again, then give
-        up on them."""
-        if not self.feeds or not all(f.done for f in self.feeds.values()) or self.buffer.complete:
+        """Nothing that the play needs next can come: wait a little for a restripe, then ask again, then give
+        up on the missing frames."""
+        grace = self._blocked_grace()
+        if grace is None:
             self._settle_since = None
             return
         now = self._clock.seconds()
         if self._settle_since is None:
             self._settle_since = now
-        elif now - self._settle_since >= SETTLE_GRACE:
+        elif now - self._settle_since >= grace:
             self._settle_since = None
             self._fire("settled" if self._refetches < REFETCH_ROUNDS else "give_up")
+
+    def _blocked_grace(self) -> float | None:
+        """How long to wait for a restripe before asking again, or None while frames may still come.
+
+        Every feed done with frames missing: SETTLE_GRACE. Also blocked, with a longer wait: the earliest
+        missing frame is owed only by feeds that are done (one gave up reconnecting, say to a server that never
+        learned its assignment) while the others are held back by the credit window behind that frame; the
+        coordinator, which still thinks that server fine, would never restripe, and the play would hang."""
+        if not self.feeds or self.buffer.complete:
+            return None
+        if all(f.done for f in self.feeds.values()):
+            return SETTLE_GRACE
+        first = self.buffer.missing.first()
+        owners = [f for f in self.feeds.values() if first is not None and first in f.mask]
+        return BLOCKED_GRACE if owners and all(f.done for f in owners) else None
 
     def _refetch(self, **_: Any) -> None:
         self._refetches += 1
