@@ -20,6 +20,17 @@ nothing about timing.
    request ids, all wanting the whole movie. Per movie size, in this order:
    - "1 in flight" (--floor-seconds, 2): one client, one cycle (as in "cycle" below) at a time: the
      latency floor of the path with no queueing.
+   - "paced" (--paced-seconds, default --seconds; right after "1 in flight", before the overload
+     phases, whose lease lapses and reconnections would spill into it): open loop at a fixed offered rate
+     (--paced-rate, 1,000 requests/s): OpenRequest number i is due at start + i / rate, round robin
+     over the clients, whatever the answers before it, so latency is measured at a given load rather
+     than at saturation, where queueing dominates p99 ("open"). Latencies ("answer", "push" = request
+     -> strategy at the client) count from when each request was due, so a bench that falls behind
+     shows as latency, not as a lower offered rate; the send lag and "push" from the actual send are
+     reported beside them (JSON: offered_rate, offered, not_sent, send_lag_p50/p99_ms,
+     push_from_send_p50/p99_ms). The rate is the answered requests over the phase (at least
+     --paced-seconds, up to the last answer); it meets the target when it is >= 98% of an offered
+     rate >= 1,000/s. Afterwards every request is CDone'd ("paced cleanup" row).
    - "open" (--seconds, 6): OpenRequest as fast as possible. "answer" is OpenRequest sent ->
      answered (the primary answers after req_open and req_strategize are both committed); "push"
      is OpenRequest sent -> the StrategyAssigned push arriving at the client. Afterwards every
@@ -70,6 +81,8 @@ from vod.strategy.restripe import restripe  # noqa: E402
 COMPUTE_TARGET_MS = 5.0
 ADMIT_TARGET_RATE = 1000.0
 ADMIT_TARGET_P99_MS = 20.0
+PACED_KEPT_UP = 0.98  # the paced phase meets the rate target if it admits this share of the offered rate
+PACED_MAX_OUTSTANDING = 5_000  # the paced phase sends no more while this many requests are unanswered
 SERVE_FLAG = "--serve-members"  # internal: this file run as the child process holding the scripted servers
 
 
@@ -465,6 +478,117 @@ async def admission(reactor, cluster, args, progress, pids: dict[str, int]) -> d
         progress(f"admission: {label} {frames} frames: {phases[-1]['rate']} cycles/s, answer p50 "
                  f"{phases[-1]['answer_p50_ms']} ms, p99 {phases[-1]['answer_p99_ms']} ms")
 
+    async def cdone_cleanup(label, frames, wanted, calls, after) -> None:
+        """CDone every request admitted in `calls`, --window per client in flight (no video groups pile up)."""
+        done_calls: list[dict] = []
+        done_errors: list[str] = []
+        todo = {c.id: [x["ruid"] for x in calls if x["client"] is c] for c in clients}
+        cpu0 = cpu_seconds(pids)
+        start = time.perf_counter()
+
+        async def closer(client: BenchClient) -> None:
+            queue = todo[client.id]
+            while queue:
+                ruid = queue.pop()
+                t0 = time.perf_counter()
+                try:
+                    await client.member.call(wire.CDone, ruid=ruid, held=wanted)
+                except Exception as err:
+                    done_errors.append(f"CDone: {err}")
+                    continue
+                done_calls.append({"cdone_ms": (time.perf_counter() - t0) * 1000, "t1": time.perf_counter()})
+
+        await defer.gatherResults([defer.ensureDeferred(closer(c)) for c in clients for _ in range(args.window)],
+                                  consumeErrors=True)
+        elapsed = time.perf_counter() - start
+        phases.append(_summary(label, frames, done_calls, elapsed, (after, after), done_errors,
+                               _buckets([c["t1"] for c in done_calls], start, elapsed),
+                               {"cpu": cpu_share(cpu0, cpu_seconds(pids), elapsed)}))
+        progress(f"admission: {label} {frames} frames: {phases[-1]['rate']} /s")
+
+    async def paced_phase(frames, movie, wanted, counter) -> tuple[list[dict], int]:
+        """Open loop: OpenRequest number i is due at start + i / --paced-rate, whatever the answers before it.
+
+        Round robin over the clients. Latencies count from when a request was due, not when the bench got
+        round to sending it, so a late bench (or a coordinator that cannot keep up) shows up as latency
+        rather than as a lower offered rate (no coordinated omission). At most PACED_MAX_OUTSTANDING
+        requests are unanswered at once; a request due beyond that is not sent, and counted."""
+        await settle()
+        rate, seconds = args.paced_rate, args.paced_seconds or args.seconds
+        total = max(1, int(rate * seconds))
+        calls: list[dict] = []
+        errors: list[str] = []
+        before = await book()
+        cpu0 = cpu_seconds(pids)
+        start = time.perf_counter() + 0.02
+        state = {"due": 0, "outstanding": 0, "skipped": 0, "last_answer": start}
+        lags: list[float] = []
+        finished = defer.Deferred()
+
+        def answered(answer, call):
+            call["t1"] = time.perf_counter()
+            call["ruid"] = answer["ruid"]
+            call["answer_ms"] = (call["t1"] - call["t_due"]) * 1000
+            calls.append(call)
+            state["last_answer"] = max(state["last_answer"], call["t1"])
+
+        def failed(failure):
+            errors.append(f"paced OpenRequest: {failure.getErrorMessage()}")
+
+        def settled(_):
+            state["outstanding"] -= 1
+            if state["due"] >= total and not state["outstanding"] and not finished.called:
+                finished.callback(None)
+
+        def tick():
+            now = time.perf_counter()
+            while state["due"] < total and start + state["due"] / rate <= now:
+                t_due = start + state["due"] / rate
+                client = clients[state["due"] % len(clients)]
+                state["due"] += 1
+                if state["outstanding"] >= PACED_MAX_OUTSTANDING:
+                    state["skipped"] += 1
+                    continue
+                t0 = time.perf_counter()
+                lags.append((t0 - t_due) * 1000)
+                call = {"client": client, "t_due": t_due, "t0": t0}
+                state["outstanding"] += 1
+                rid = f"{client.id}-{frames}-p{next(counter)}"
+                client.member.call(wire.OpenRequest, request_id=rid, movie=movie, wanted=wanted) \
+                    .addCallbacks(answered, failed, callbackArgs=(call,)).addBoth(settled)
+            if state["due"] < total:
+                reactor.callLater(max(0.0, start + state["due"] / rate - time.perf_counter()), tick)
+            elif not state["outstanding"] and not finished.called:
+                finished.callback(None)
+
+        reactor.callLater(max(0.0, start - time.perf_counter()), tick)
+        await finished.addTimeout(seconds + 60, reactor)
+        elapsed = max(seconds, state["last_answer"] - start)
+        cpu = cpu_share(cpu0, cpu_seconds(pids), elapsed)
+        late = time.perf_counter() + 2.0
+        while time.perf_counter() < late and any(c["ruid"] not in c["client"].pushed for c in calls):
+            await sleep(reactor, 0.02)
+        for c in calls:
+            arrived = c["client"].pushed.get(c["ruid"])
+            c["push_ms"] = (arrived - c["t_due"]) * 1000 if arrived is not None else None
+            admitted = c["client"].admitted.get(c["ruid"])
+            c["admitted_ms"] = (admitted - c["t_due"]) * 1000 if admitted is not None else None
+        after = await book()
+        push_from_send = [(c["client"].pushed[c["ruid"]] - c["t0"]) * 1000 for c in calls
+                          if c["ruid"] in c["client"].pushed]
+        row = _summary("paced", frames, calls, elapsed, (before, after), errors,
+                       _buckets([c["t1"] for c in calls], start, elapsed),
+                       {"cpu": cpu, "offered_rate": rate, "offered": total, "sent": total - state["skipped"],
+                        "not_sent": state["skipped"], "send_lag_p50_ms": round(pct(lags, 50), 2),
+                        "send_lag_p99_ms": round(pct(lags, 99), 2),
+                        "push_from_send_p50_ms": round(pct(push_from_send, 50), 2),
+                        "push_from_send_p99_ms": round(pct(push_from_send, 99), 2)})
+        phases.append(row)
+        progress(f"admission: paced {frames} frames at {rate:g}/s offered: {row['rate']} req/s achieved, "
+                 f"push p50 {row['push_p50_ms']} ms, p99 {row['push_p99_ms']} ms (bench send lag p99 "
+                 f"{row['send_lag_p99_ms']} ms)")
+        return calls, after
+
     for frames in args.movie_frames:
         movie = movie_id(frames)
         wanted = base64.b64encode(FrameMask.full(frames).to_bytes()).decode()
@@ -472,6 +596,12 @@ async def admission(reactor, cluster, args, progress, pids: dict[str, int]) -> d
 
         # ---- phase "1 in flight": the latency floor, one client, one cycle at a time ----
         await cycle_phase("1 in flight", frames, movie, wanted, counter, clients[:1], 1, args.floor_seconds)
+
+        # ---- phase "paced": open loop at a fixed offered rate, before the overload phases can leave the
+        # cluster electing or its members reconnecting; CDone everything afterwards ----
+        if args.paced_rate > 0:
+            calls, after = await paced_phase(frames, movie, wanted, counter)
+            await cdone_cleanup("paced cleanup", frames, wanted, calls, after)
 
         # ---- phase "open": OpenRequest only; CDone everything afterwards ----
         await settle()
@@ -515,35 +645,11 @@ async def admission(reactor, cluster, args, progress, pids: dict[str, int]) -> d
         progress(f"admission: open {frames} frames: {phases[-1]['rate']} req/s, answer p99 "
                  f"{phases[-1]['answer_p99_ms']} ms, push p99 {phases[-1]['push_p99_ms']} ms")
 
-        # ---- cleanup: CDone every admitted request, --window per client in flight ----
-        done_calls: list[dict] = []
-        done_errors: list[str] = []
-        todo = {c.id: [x["ruid"] for x in calls if x["client"] is c] for c in clients}
-        cpu0 = cpu_seconds(pids)
-        start = time.perf_counter()
-
-        async def closer(client: BenchClient) -> None:
-            queue = todo[client.id]
-            while queue:
-                ruid = queue.pop()
-                t0 = time.perf_counter()
-                try:
-                    await client.member.call(wire.CDone, ruid=ruid, held=wanted)
-                except Exception as err:
-                    done_errors.append(f"CDone: {err}")
-                    continue
-                done_calls.append({"cdone_ms": (time.perf_counter() - t0) * 1000, "t1": time.perf_counter()})
-
-        await defer.gatherResults([defer.ensureDeferred(closer(c)) for c in clients for _ in range(args.window)],
-                                  consumeErrors=True)
-        elapsed = time.perf_counter() - start
-        phases.append(_summary("cdone cleanup", frames, done_calls, elapsed, (after, after), done_errors,
-                               _buckets([c["t1"] for c in done_calls], start, elapsed),
-                               {"cpu": cpu_share(cpu0, cpu_seconds(pids), elapsed)}))
-        progress(f"admission: cdone cleanup {frames} frames: {phases[-1]['rate']} /s")
+        await cdone_cleanup("cdone cleanup", frames, wanted, calls, after)
 
         # ---- phase "cycle": OpenRequest -> StrategyAssigned -> CDone, by every slot ----
         await cycle_phase("cycle", frames, movie, wanted, counter, clients, args.window, args.seconds)
+
 
     disconnects = sum(c.disconnects for c in clients)
     await defer.DeferredList([c.member.stop().addTimeout(5, reactor) for c in clients], consumeErrors=True)
@@ -581,7 +687,9 @@ def run_admission(args, workdir: str) -> dict:
 
         def run():
             # A wall-clock guard: whatever happens, the reactor stops and the finally below cleans up.
-            guard = reactor.callLater(args.seconds * 6 * len(args.movie_frames) + 120, reactor.stop)
+            paced = (args.paced_seconds or args.seconds) * 3 if args.paced_rate > 0 else 0
+            per_movie = args.seconds * 6 + paced
+            guard = reactor.callLater(per_movie * len(args.movie_frames) + 120, reactor.stop)
             pids = {f"{rid} (primary)" if rid == primary else rid: cluster.pid(rid) for rid in cluster.ids}
             pids.update({"servers": servers.proc.pid, "bench+clients": os.getpid()})
             d = defer.ensureDeferred(admission(reactor, cluster, args, log, pids))
@@ -676,7 +784,12 @@ def print_admission(doc: dict) -> None:
             return "-" if v != v else f"{v:.1f}"  # NaN: not measured in this phase
 
         verdict = ""
-        if r["phase"] in ("open", "cycle", "1 in flight"):
+        if r["phase"] == "paced":
+            p99 = r["push_p99_ms"]
+            kept_up = r["offered_rate"] >= ADMIT_TARGET_RATE and r["rate"] >= PACED_KEPT_UP * r["offered_rate"]
+            verdict = (f"rate {'ok' if kept_up else 'MISSED'}, push p99 "
+                       f"{'ok' if p99 == p99 and p99 <= ADMIT_TARGET_P99_MS else 'MISSED'}")
+        elif r["phase"] in ("open", "cycle", "1 in flight"):
             p99 = r["answer_p99_ms"]
             verdict = f"p99 {'ok' if p99 == p99 and p99 <= ADMIT_TARGET_P99_MS else 'MISSED'}"
             if r["phase"] != "1 in flight":  # one at a time is a latency floor, not a throughput test
@@ -686,6 +799,11 @@ def print_admission(doc: dict) -> None:
               f"{r['rate_last_s'] or 0:6.0f} {ms(r['answer_p50_ms']):>10} {ms(r['answer_p99_ms']):>7} "
               f"{ms(r['push_p50_ms']):>8} {ms(r['push_p99_ms']):>7} {ms(r['cdone_p50_ms']):>9} "
               f"{ms(r['cdone_p99_ms']):>7} {book:>11} {r['errors']:4}  {verdict}")
+        if r["phase"] == "paced":
+            print(f"    offered {r['offered_rate']:,.0f}/s ({r['offered']} requests, {r['not_sent']} not sent: over "
+                  f"{PACED_MAX_OUTSTANDING} unanswered), achieved {r['rate']:,.1f}/s; latencies from when each was "
+                  f"due; bench send lag p50 {r['send_lag_p50_ms']} / p99 {r['send_lag_p99_ms']} ms; push from the "
+                  f"actual send p50 {r['push_from_send_p50_ms']} / p99 {r['push_from_send_p99_ms']} ms")
         if r["missing_push"]:
             print(f"    {r['missing_push']} answered requests got no StrategyAssigned push within 2 s")
         for e in r["first_errors"]:
@@ -740,6 +858,10 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=12, help="in-process client members (admission part)")
     ap.add_argument("--window", type=int, default=4, help="requests in flight per client")
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per admission phase")
+    ap.add_argument("--paced-rate", type=float, default=1000.0,
+                    help="offered rate of the paced (open-loop) admission phase, requests/s (0: no paced phase)")
+    ap.add_argument("--paced-seconds", type=float, default=None,
+                    help="seconds of the paced phase (default: --seconds)")
     ap.add_argument("--floor-seconds", type=float, default=2.0,
                     help="seconds of the one-request-at-a-time phase (the latency floor)")
     ap.add_argument("--failure-timeout", type=float, default=1.0, help="the replicas' member failure timeout")
@@ -754,8 +876,9 @@ def main() -> int:
         ap.error("--movie-frames is a comma-separated list of frame counts")
     if (args.runs < 1 or args.frames < 1 or args.compute_servers < 1 or not args.movie_frames
             or min(args.movie_frames) < 1 or args.servers < 1 or args.clients < 1 or args.window < 1
-            or args.seconds <= 0):
-        ap.error("counts must be >= 1 and --seconds > 0")
+            or args.seconds <= 0 or args.paced_rate < 0
+            or (args.paced_seconds is not None and args.paced_seconds <= 0)):
+        ap.error("counts must be >= 1, --seconds and --paced-seconds > 0, --paced-rate >= 0")
     if args.profile_primary and not args.workdir:
         ap.error("--profile-primary needs --workdir (its output is kept there)")
     started = time.monotonic()

@@ -20,7 +20,7 @@ def test_roles_primary_backup_witness_down():
                         ("h:13", None, "ConnectionRefusedError")])
     roles = {r["id"]: r["role"] for r in doc["replicas"]}
     assert roles == {"c1": "primary", "c2": "backup", "c3": "down"}
-    assert doc["primary"] == "c1" and doc["v"] == 1
+    assert doc["primary"] == "c1" and doc["v"] == 2
 
 
 def test_no_primary_during_election_and_standby():

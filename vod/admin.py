@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from vod.addr import parse_addr_list
 from vod.cliutil import ArgumentParser, run
@@ -27,14 +27,17 @@ from vod import localsocket
 from vod import adminviews as views
 from vod.credentials import VIEWER, UserCredential, add_credential_argument, read_credential
 from vod.errors import UsageError, VodError
-from vod.groups.control import call_once
-from vod.groups.wire import AuthFailed, GetRequest, Refused, Requests, Status
+from vod.groups.control import call_once, with_connection
+from vod.groups.wire import AuthFailed, GetRequest, Groups, Refused, Requests, Status
 from vod.strategy.mask import FrameMask
 from vod.strategy.placement import ServerInfo, make_strategy
 from twisted.protocols.amp import RemoteAmpError
 from vod.secrets import add_secret_argument, read_secret
 
 ADMIN_ID = "vod-admin"
+GET_RATE = 500.0  # GetRequest calls per second at most on one connection (a replica refuses over 1,000/s)
+GET_BLOCK = 250
+STATUS_DOC_VERSION = 2  # v2: bounded member and group lists with counts (member_count, groups_more, ...)
 
 
 class CoordinatorUnreachable(VodError):
@@ -152,9 +155,17 @@ def merge_status(answers: list[tuple[str, dict | None, str | None]]) -> dict:
                         "user": m.get("user", ""), "capacity": m.get("capacity", 0),
                         "movies": m.get("movies", []), "heartbeat_age": age, "health": health})
     answering = primary or best
-    return {"v": 1, "primary": primary["replica"]["id"] if primary else None, "replicas": replicas,
+    groups = best["groups"]
+    # A v1 answer (an older replica) listed every group and member; v2 lists a bounded part, with counts.
+    counts = {"member_count": best.get("member_count", len(best["members"])),
+              "members_more": best.get("members_more", 0),
+              "group_count": best.get("group_count", len(groups)),
+              "video_groups": best.get("video_groups", sum(1 for g in groups if g["name"].startswith("video:"))),
+              "groups_more": best.get("groups_more", 0),
+              "requests_active": best.get("requests_active")}
+    return {"v": STATUS_DOC_VERSION, "primary": primary["replica"]["id"] if primary else None, "replicas": replicas,
             "answered_by": answering["replica"]["listen"],
-            "members": members, "groups": best["groups"], "last_ruid": best["last_ruid"]}
+            "members": members, "groups": groups, "last_ruid": best["last_ruid"], **counts}
 
 
 def print_status(doc: dict, out=sys.stdout) -> None:
@@ -163,22 +174,31 @@ def print_status(doc: dict, out=sys.stdout) -> None:
     for r in doc["replicas"]:
         print(f"{str(r['id']):10} {r['role']:8} {str(r['term']):>5} {str(r['commit_index']):>7}  "
               f"{r['raft']} / {r['listen']}", file=out)
-    print(f"\nmembers ({len(doc['members'])}):", file=out)
+    print(f"\nmembers ({doc.get('member_count', len(doc['members']))}):", file=out)
     for m in doc["members"]:
         age = "-" if m["heartbeat_age"] is None else f"{m['heartbeat_age']:.2f}s"
         print(f"  {m['id']:20} {m['kind']:7} {m['domain']:12} {m['address']:22} heartbeat {age:>7}  {m['health']}",
               file=out)
-    print(f"\ngroups ({len(doc['groups'])}):", file=out)
+    if doc.get("members_more"):
+        print(f"  ... and {doc['members_more']} more", file=out)
+    active = doc.get("requests_active")
+    print(f"\ngroups ({doc.get('group_count', len(doc['groups']))}, of which {doc.get('video_groups', 0)} video "
+          f"groups{'' if active is None else f'; {active} active requests'}):", file=out)
     for g in doc["groups"]:
-        print(f"  {g['name']:24} view {g['view_id']:<4} {', '.join(g['members'])}", file=out)
+        more = g.get("member_count", len(g["members"])) - len(g["members"])
+        print(f"  {g['name']:24} view {g['view_id']:<4} {', '.join(g['members'])}"
+              + (f" and {more} more" if more > 0 else ""), file=out)
+    if doc.get("groups_more"):
+        print(f"  ... and {doc['groups_more']} more (the most recent video groups are listed; "
+              "vod-admin groups lists them all)", file=out)
 
 
-async def first_answer(reactor, coordinators: list[str], key, command, timeout: float) -> tuple[str, dict]:
-    """(address, answer) of the first coordinator that answers `command`; a refusal is final."""
+async def first_answer(reactor, coordinators: list[str], key, use, timeout: float) -> tuple[str, Any]:
+    """(address, what `use(call)` returned) on the first coordinator that answers; a refusal is final."""
     errors = []
     for addr in coordinators:
         try:
-            return addr, await call_once(reactor, addr, key, ADMIN_ID, command, timeout=timeout)
+            return addr, await with_connection(reactor, addr, key, ADMIN_ID, use, timeout=timeout)
         except (Refused, AuthFailed):
             raise
         except Exception as err:  # down or unreachable: the next one may answer
@@ -186,32 +206,77 @@ async def first_answer(reactor, coordinators: list[str], key, command, timeout: 
     raise CoordinatorUnreachable("no coordinator answered: " + "; ".join(errors))
 
 
+async def paged(call, command, unpack, **arguments) -> tuple[list, dict]:
+    """Every item of a paged listing (`Requests`, `Groups`), page after page: (items, the first answer).
+
+    `unpack(answer)` gives a page's (items, next); `next` is the next page's `after`, None after the last."""
+    items: list = []
+    first = None
+    after = None
+    while True:
+        answer = await call(command, **arguments, **({} if after is None else {"after": after}))
+        first = answer if first is None else first
+        page_items, following = unpack(answer)
+        items += page_items
+        if following is None or following == after:
+            return items, first
+        after = following
+
+
+async def all_requests(call, active: bool = False) -> dict:
+    """The whole request listing (every page of `Requests`), with the caches and catalogue of the first page."""
+    requests, first = await paged(call, Requests, lambda a: (a["requests"], (a.get("page") or {}).get("next")),
+                                  **({"active": True} if active else {}))
+    return {"requests": requests, "caches": first["caches"], "movies": first["movies"], "page": first.get("page")}
+
+
+async def all_groups(call) -> list[dict]:
+    groups, _ = await paged(call, Groups, lambda a: (a["groups"]["groups"], a["groups"]["next"]))
+    return groups
+
+
 async def collect(reactor, args, coordinators: list[str], secret: bytes | UserCredential) -> dict:
     """Status from every replica, then what the command needs from the best one (the primary if any).
 
-    A viewer may not ask for Status: it reads its own requests from the first replica that answers."""
+    A viewer may not ask for Status: it reads its own requests from the first replica that answers.
+    Long listings (requests, groups) are read page by page on one connection."""
+    active_only = args.command == "servers"  # server load: the active requests are enough
     if isinstance(secret, UserCredential) and secret.role == VIEWER:
-        target, listing = await first_answer(reactor, coordinators, secret, Requests, args.timeout)
+        target, listing = await first_answer(reactor, coordinators, secret,
+                                             lambda call: all_requests(call, active_only), args.timeout)
         data = {"status": None, **listing}
     else:
         answers = await gather_answers(reactor, coordinators, secret, args.timeout)
         doc = merge_status(answers)
         data = {"status": doc}
-        if args.command in ("status", "groups"):
+        if args.command == "status":
             return data
         target = route(answers, doc["answered_by"])
+        if args.command == "groups":
+            data["groups"] = await with_connection(reactor, target, secret, ADMIN_ID, all_groups, timeout=args.timeout)
+            return data
         if args.command == "user":
             data["message"] = await adminusers.set_access(reactor, args, target, secret, ADMIN_ID)
             return data
-        listing = await call_once(reactor, target, secret, ADMIN_ID, Requests, timeout=args.timeout)
+        listing = await with_connection(reactor, target, secret, ADMIN_ID,
+                                        lambda call: all_requests(call, active_only), timeout=args.timeout)
         data.update(listing)
     if args.command == "strategies" or (args.command in ("strategy", "request") and args.ruid is not None):
-        ruids = [args.ruid] if args.command != "strategies" else [r["ruid"] for r in listing["requests"]]
-        records = []
-        for ruid in ruids:
-            answer = await call_once(reactor, target, secret, ADMIN_ID, GetRequest, timeout=args.timeout, ruid=ruid)
-            records.append(answer["request"])
-        data["records"] = records
+        ruids = [args.ruid] if args.command != "strategies" else [r["ruid"] for r in data["requests"]]
+
+        async def records(call):
+            # One connection for all of them, kept under the replica's per-connection command rate.
+            out, block = [], reactor.seconds()
+            for i, ruid in enumerate(ruids):
+                if i and i % GET_BLOCK == 0:
+                    wait = block + GET_BLOCK / GET_RATE - reactor.seconds()
+                    if wait > 0:
+                        await task.deferLater(reactor, wait, lambda: None)
+                    block = reactor.seconds()
+                out.append((await call(GetRequest, ruid=ruid))["request"])
+            return out
+
+        data["records"] = await with_connection(reactor, target, secret, ADMIN_ID, records, timeout=args.timeout)
     return data
 
 
@@ -221,7 +286,7 @@ def render(args, data: dict) -> tuple[Any, str]:
     if args.command == "status":
         return status, status_text(status)
     if args.command == "groups":
-        return status["groups"], views.groups_table(status["groups"])
+        return data["groups"], views.groups_table(data["groups"])
     if args.command == "requests":
         return data["requests"], views.requests_table(data["requests"])
     if args.command == "caches":

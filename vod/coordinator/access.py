@@ -28,6 +28,7 @@ REVOKED_TABLE = "revoked_users"  # replicated: user name -> {"at", "by"}
 # checks below then keep a user to its own members and requests.
 NEEDS: dict[str, str] = {
     "Status": ADMIN,
+    "Groups": ADMIN,
     "RevokeUser": ADMIN,
     "Cast": OPERATOR,  # no client casts; a user must not talk into other members' groups
     "NextRuid": OPERATOR,

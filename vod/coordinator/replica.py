@@ -13,6 +13,8 @@ to check that no two replicas ever act as primary at once.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import logging
 import time
 from typing import Any
@@ -25,10 +27,10 @@ from twisted.internet.task import LoopingCall
 from vod.groups import commands as cmds
 from vod.groups.events import RuidAssigned, event_from_dict
 from vod.groups.liveness import FailureDetector
-from vod.coordinator.machine import GroupMachine
+from vod.coordinator.machine import GroupMachine, last_seen
 from vod.groups.raft import LEADER, NotCommitted, RaftLog, RaftSettings, RaftView
-from vod.groups.state import domain_group
-from vod.groups.wire import Refused
+from vod.groups.state import DOMAIN_PREFIX, domain_group
+from vod.groups.wire import Refused, fits
 from vod.strategy.mask import MAX_FRAMES, FrameMask
 from vod.strategy.placement import NoServers, ServerInfo, Strategy, make_strategy
 from vod.strategy.restripe import restripe
@@ -43,6 +45,11 @@ log = logging.getLogger("vod.coordinator")
 
 STALL_GRACE_AFTER = 0.5  # seconds between two role checks (normally 0.02) that count as a stall
 STASH_LIMIT = 50_000  # events kept for members while the acting lease lapses; beyond that they are dropped
+STATUS_VERSION = 2  # v2: bounded lists with counts (groups_more, members_more); v1 listed every group
+STATUS_GROUPS = 100  # groups a Status lists: the domain groups, then the most recent video groups
+STATUS_MEMBERS = 1_000  # members a Status lists (servers first), fewer if they do not fit one AMP value
+GROUP_MEMBERS_LISTED = 200  # members listed per group in Status and Groups (member_count has them all)
+GROUPS_PAGE = 500  # groups per Groups page at most (fewer if they do not fit one AMP value)
 
 
 class CoordinatorReplica:
@@ -378,14 +385,32 @@ class CoordinatorReplica:
 
         return d.addCallback(joined).addErrback(refused)
 
-    def resume(self, session: MemberSession, positions: dict) -> list[dict]:
-        """Register a reconnected member and return what it may have missed (it drops duplicates)."""
-        alive = self.raft.read(lambda m: session.member_id in m.state.members)
-        if not alive:
+    def resume(self, session: MemberSession, positions: dict) -> list[dict] | None:
+        """Register a reconnected member and return what it may have missed (it drops duplicates).
+
+        That is the rest of its outbox after its position; or, when its outbox lost events and holds
+        nothing it says it saw (it was away longer than the outbox covers), a resync: the current views
+        of its groups and the current strategies of its requests (`GroupMachine.resync`)."""
+        member_id = session.member_id
+
+        def read(machine):
+            if member_id not in machine.state.members:
+                return None
+            owed = machine.replay(member_id, positions)
+            return (machine.resync(member_id, positions), True) if owed is None else (owed, False)
+
+        found = self.raft.read(read)
+        if found is None:
             return None
-        self.sessions[session.member_id] = session
-        self.detector.heartbeat(session.member_id)
-        return unseen(self.raft.read(lambda m: m.outbox(session.member_id)), positions)
+        owed, resynced = found
+        if resynced:
+            views = sum(1 for event in owed if event["type"] == "Resynced")
+            strategies = sum(1 for event in owed if event["type"] == "StrategyAssigned")
+            log.warning("%s resumes from further back than its outbox keeps: resync with the current views of "
+                        "its %d groups and %d current strategies", member_id, views, strategies)
+        self.sessions[member_id] = session
+        self.detector.heartbeat(member_id)
+        return owed
 
     # -- requests (the strategist) ----------------------------------------------------------------------
 
@@ -552,36 +577,80 @@ class CoordinatorReplica:
 
         return self.propose(cmds.next_ruid_cmd()).addCallback(assigned)
 
-    def status(self) -> dict:
+    def status(self, groups_listed: int | None = None, members_listed: int | None = None) -> dict:
+        """This replica's view (the Status answer, v2): bounded whatever the number of requests.
+
+        Counts of members, groups and requests; the members (servers first); the domain groups and the
+        most recent video groups, at most `STATUS_GROUPS` (`groups_more` says how many are left out:
+        `Groups` pages through them all); each listed group with at most `GROUP_MEMBERS_LISTED`
+        members (`member_count` has them all). If that still does not fit one AMP value (very many
+        members, very long ids), fewer are listed, and `members_more` / `groups_more` say so."""
+        groups_listed = STATUS_GROUPS if groups_listed is None else groups_listed
+        members_listed = STATUS_MEMBERS if members_listed is None else members_listed
         view = self.raft.view  # the latest, commit index included (raft_view changes only with roles)
         state_role = {LEADER: "leader", 1: "candidate", 0: "follower"}.get(view.role if view else 0, "follower")
 
         def read(machine):
             state = machine.state
+            members = sorted(state.members.values(), key=lambda m: (m.kind != "server", m.member_id))
+            domains = [g for name, g in state.groups.items() if name.startswith(DOMAIN_PREFIX)]
+            videos = [g for name, g in state.groups.items() if not name.startswith(DOMAIN_PREFIX)]
             return {
                 "replicas_table": state.table(REPLICAS_TABLE),
                 "members": [{"id": m.member_id, "kind": m.kind, "domain": m.domain, "address": m.address,
                              "user": m.user, "capacity": m.capacity, "movies": list(m.movies),
-                             "incarnation": m.incarnation} for _, m in sorted(state.members.items())],
-                "groups": [{"name": g.name, "view_id": g.view_id, "members": list(g.members)}
-                           for _, g in sorted(state.groups.items())],
+                             "incarnation": m.incarnation} for m in members[:members_listed]],
+                "member_count": len(members),
+                "groups": domains, "videos": videos,
+                "requests_active": machine.requests.active_count(),
                 "last_ruid": state.last_ruid,
                 "last_applied": state.last_applied,
             }
 
         data = self.raft.read(read)
+        domains, videos = data.pop("groups"), data.pop("videos")
+        # The most recent video groups: a group's view id is the log index of its latest view.
+        recent = heapq.nlargest(max(0, groups_listed - len(domains)), videos, key=lambda g: (g.view_id, g.name))
+        listed = sorted(domains, key=lambda g: g.name)[:groups_listed] + recent
+        data["groups"] = [group_summary(g) for g in listed]
+        data["group_count"] = len(domains) + len(videos)
+        data["video_groups"] = len(videos)
+        data["groups_more"] = data["group_count"] - len(listed)
+        data["members_more"] = data["member_count"] - len(data["members"])
         for member in data["members"]:
             age = self.detector.age(member["id"]) if self.acting else None
             member["heartbeat_age"] = None if age is None else round(age, 3)
             member["connected"] = member["id"] in self.sessions if self.acting else None
-        return {
-            "v": 1,
+        doc = {
+            "v": STATUS_VERSION,
             "replica": {"id": self.replica_id, "raft": self.raft_addr, "listen": self.listen,
                         "raft_state": state_role, "acting_primary": self.acting, "term": self.term,
                         "commit_index": view.commit_index if view else 0, "leader_raft": view.leader if view else None,
                         "voters": list(view.voters) if view else [], "standby": self.standby},
             **data,
         }
+        if not fits(doc) and (groups_listed > 0 or members_listed > 0):
+            # Very many members, or very long ids: list half as many, until it fits.
+            return self.status(groups_listed // 2, members_listed // 2)
+        return doc
+
+    def groups_page(self, after: str | None, limit: int | None) -> dict:
+        """One page of the full group list (the `Groups` answer), in name order, fitting one AMP value."""
+        limit = GROUPS_PAGE if limit is None else max(1, min(int(limit), GROUPS_PAGE))
+
+        def read(machine):
+            names = sorted(machine.state.groups)
+            start = bisect.bisect_right(names, after) if after is not None else 0
+            chosen = [machine.state.groups[n] for n in names[start:start + limit]]
+            return chosen, len(names), start + len(chosen) < len(names)
+
+        chosen, total, more = self.raft.read(read)
+        while True:
+            page = {"v": 1, "groups": [group_summary(g) for g in chosen], "total": total,
+                    "next": chosen[-1].name if chosen and more else None}
+            if fits(page) or len(chosen) <= 1:
+                return page
+            chosen, more = chosen[:len(chosen) // 2], True
 
 
 def _raise_refusal(result: Any) -> Any:
@@ -590,22 +659,15 @@ def _raise_refusal(result: Any) -> Any:
     return result
 
 
+def group_summary(group, members_listed: int = GROUP_MEMBERS_LISTED) -> dict:
+    """A group as Status and Groups list it: its view, at most `members_listed` of its members, their count."""
+    return {"name": group.name, "view_id": group.view_id, "members": list(group.members[:members_listed]),
+            "member_count": len(group.members)}
+
+
 def unseen(outbox: list[dict], positions: dict) -> list[dict]:
-    """What of a member's outbox came after the last group event it says it delivered.
-
-    One connection delivers in order, so everything before that event reached it too; this keeps
-    a reconnect from replaying strategies and request changes the member already acted on.
-    """
-    def seen(event: dict) -> bool:
-        if event.get("type") not in ("ViewChanged", "Delivered"):
-            return False  # only these carry a position in their group
-        where = positions.get(event["group"])
-        if not isinstance(where, (list, tuple)) or len(where) != 2:
-            return False
-        return (event["view_id"], event.get("seq", 0)) <= tuple(where)
-
-    last = max((i for i, event in enumerate(outbox) if seen(event)), default=-1)
-    return outbox[last + 1:]
+    """What of a member's outbox came after the last group event it says it delivered (`last_seen`)."""
+    return outbox[last_seen(outbox, positions) + 1:]
 
 
 def _refuse(message: str):

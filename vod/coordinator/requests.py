@@ -75,6 +75,7 @@ MAX_BACKUPS = 16
 # per movie and server set, so the next such request costs a dict lookup, not a deal and an encoding.
 CACHE_WANTED_CHARS = 256
 CACHE_ENTRIES = 256
+REQUESTS_PAGE = 500  # requests per Requests page at most (fewer if they do not fit one AMP value)
 
 
 def mask_to_text(mask: FrameMask) -> str:
@@ -223,6 +224,29 @@ class RequestBook:
     def caches(self) -> list[dict[str, Any]]:
         return [_copied(self._caches[k]) for k in sorted(self._caches)]
 
+    def summaries(self, after: int = 0, limit: int = 100, keep=None,
+                  active: bool = False) -> tuple[list[dict[str, Any]], dict[str, int], bool]:
+        """One page of request summaries, in RUID order: those after RUID `after` that `keep(record)`
+        accepts (None: all), at most `limit`; with the counts per state of every accepted request and
+        whether more follow. Only the listed records are summarised (the book can be long)."""
+        out: list[dict[str, Any]] = []
+        counts: dict[str, int] = {}
+        more = False
+        for ruid in sorted(self._active if active else self._requests):
+            record = self._requests[ruid]
+            if keep is not None and not keep(record):
+                continue
+            counts[record["state"]] = counts.get(record["state"], 0) + 1
+            if ruid > after:
+                if len(out) < limit:
+                    out.append(summary(record))
+                else:
+                    more = True
+        return out, counts, more
+
+    def active_count(self) -> int:
+        return len(self._active)
+
     def active_for_client(self, client: str) -> list[int]:
         return sorted(r for r in self._active if self._requests[r]["client"] == client)
 
@@ -243,6 +267,26 @@ class RequestBook:
             servers = [a["server"] for a in (record["strategy"] or {}).get("assignments", ())]
             if any(server not in live for server in servers):
                 out.append(_copied(record))
+        return out
+
+    def present(self, member_id: str, now: set[int], gone: set[int], groups: GroupState) -> list[Event]:
+        """For a resync (`GroupMachine.resync`): the current strategy of each active request of `now` (the
+        video groups `member_id` is in), and, to the request's client, its current state, for `now` and
+        `gone` (video groups it was in and is not any more: its requests ended meanwhile)."""
+        out: list[Event] = []
+        for ruid in sorted(now):
+            record = self._requests.get(ruid)
+            if record is None or record["state"] not in ACTIVE or not record["strategy"]:
+                continue
+            strategy = record["strategy"]
+            addresses = {server: groups.members[server].address for server in strategy_servers(strategy)
+                         if server in groups.members}
+            out.append(StrategyAssigned(ruid, video_group(ruid), record["revision"],
+                                        "restripe" if record["history"] else "initial", _copied(strategy), addresses))
+        for ruid in sorted(now | gone):
+            record = self._requests.get(ruid)
+            if record is not None and record["client"] == member_id:
+                out.append(self._changed(record, record["reason"]))
         return out
 
     # -- applying -----------------------------------------------------------------------------------

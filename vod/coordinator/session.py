@@ -23,12 +23,14 @@ from vod.coordinator import access
 from vod.coordinator import limits
 from vod.coordinator import requests as rq
 from vod.coordinator.strictamp import StrictAMP
+from vod.credentials import ADMIN
 from vod.groups import commands as cmds
 from vod.groups.commands import BadCommand
 from vod.groups.wire import (
     COMMON_ERRORS, MAX_JSON, PROTOCOL_VERSION, AuthFailed, Authenticate, Cast, CDone, Cancel, Challenge, Deliver,
-    EncodedJson, GetRequest, Heartbeat, Join, Leave, NextRuid, NotPrimary, OpenRequest, Progress, Refused,
-    RegisterMovies, RegisterStandby, Requests, Resume, RevokeUser, Started, Status, auth_mac, encode_json, json_list,
+    EncodedJson, GetRequest, Groups, Heartbeat, Join, Leave, NextRuid, NotPrimary, OpenRequest, Progress, Refused,
+    RegisterMovies, RegisterStandby, Requests, Resume, RevokeUser, Started, Status, auth_mac, encode_json, fits,
+    json_list,
 )
 
 if TYPE_CHECKING:
@@ -333,14 +335,34 @@ class MemberSession(StrictAMP):
         return self._request_step(rq.cancel_cmd(ruid, self.member_id))
 
     @Requests.responder
-    def requests(self):
-        """Every request and cache an admin may see; a viewer gets its own user's only (the catalogue: all)."""
+    def requests(self, after=None, limit=None, active=None):
+        """A page of the requests an admin may see (a viewer: its own user's only), the caches and catalogue.
+
+        Every value stays within one AMP value however long the book: the page is cut to fit, and the
+        caches (one per client and movie) are listed as far as they fit (`page["caches_total"]`)."""
         self._require(AUTHENTICATED, MEMBER)
         see = self.principal
-        return self.replica.raft.read(lambda m: {
-            "requests": [rq.summary(r) for r in access.visible(see, m.requests.requests())],
-            "caches": [{k: v for k, v in c.items() if k != "mask"} for c in access.visible(see, m.requests.caches())],
-            "movies": m.state.table(rq.MOVIES_TABLE)})
+        after = 0 if after is None else after
+        limit = rq.REQUESTS_PAGE if limit is None else max(1, min(limit, rq.REQUESTS_PAGE))
+        keep = None if see.at_least(ADMIN) else (lambda r: access.may_see(see, r))
+        listed, counts, more, caches, movies = self.replica.raft.read(lambda m: (
+            *m.requests.summaries(after, limit, keep, bool(active)),
+            [{k: v for k, v in c.items() if k != "mask"} for c in access.visible(see, m.requests.caches())],
+            m.state.table(rq.MOVIES_TABLE)))
+        while len(listed) > 1 and not fits(listed):
+            listed, more = listed[:len(listed) // 2], True
+        caches_total = len(caches)
+        while caches and not fits(caches):
+            caches = caches[:len(caches) // 2]
+        page = {"v": 1, "total": sum(counts.values()), "listed": len(listed), "counts": counts,
+                "next": listed[-1]["ruid"] if listed and more else None, "caches_total": caches_total}
+        return {"requests": listed, "caches": caches, "movies": movies, "page": page}
+
+    @Groups.responder
+    def groups(self, after=None, limit=None):
+        self._require(AUTHENTICATED, MEMBER)
+        self._authorise("Groups")
+        return {"groups": self.replica.groups_page(after, limit)}
 
     @GetRequest.responder
     def get_request(self, ruid):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
@@ -17,13 +18,25 @@ async def call_once(reactor, addr: str, secret: bytes | UserCredential, member_i
                     timeout: float = 2.0, **arguments: Any) -> dict:
     """Connect, authenticate as `member_id` (with the domain secret or a user credential), run one command,
     disconnect. Every step is bounded by `timeout`. `addr` is HOST:PORT, or unix:PATH for a local socket."""
+    return await with_connection(reactor, addr, secret, member_id, lambda call: call(command, **arguments),
+                                 timeout=timeout)
+
+
+async def with_connection(reactor, addr: str, secret: bytes | UserCredential, member_id: str,
+                          use: Callable[[Callable[..., Awaitable[dict]]], Awaitable[Any]], timeout: float = 2.0) -> Any:
+    """Like `call_once`, for several commands on one connection (pages of a listing): `use(call)` runs them,
+    `await call(Command, **arguments)` each, every one bounded by `timeout`; its result is returned."""
     endpoint = coordinator_endpoint(reactor, addr, timeout)
     proto = await connectProtocol(endpoint, amp.AMP()).addTimeout(timeout, reactor)
     try:
         challenge = await proto.callRemote(Challenge, protocol=PROTOCOL_VERSION).addTimeout(timeout, reactor)
         await proto.callRemote(Authenticate, **authenticate_arguments(secret, challenge["nonce"], member_id)) \
             .addTimeout(timeout, reactor)
-        return await proto.callRemote(command, **arguments).addTimeout(timeout, reactor)
+
+        async def call(command: type[amp.Command], **arguments: Any) -> dict:
+            return await proto.callRemote(command, **arguments).addTimeout(timeout, reactor)
+
+        return await use(call)
     finally:
         proto.transport.loseConnection()
 

@@ -10,12 +10,15 @@ of the old one. Order is per group: Raft orders all groups together, but a membe
 relies on the order within each group, which is the virtual synchrony promise.
 """
 
-from typing import Mapping
+from collections import OrderedDict
+from typing import Any, Mapping
 
 from vod.errors import VodError
 from vod.groups.events import GROUP_EVENTS, Delivered, GroupDissolved, ViewChanged
 
 Position = tuple[int, int]
+RECENT = 256  # groups whose latest event `resume_positions` names first (dissolved ones included)
+RESUME_POSITIONS = 1_000  # at most this many live groups' positions in a Resume (the most recent first)
 GroupEvent = ViewChanged | Delivered | GroupDissolved
 
 
@@ -41,6 +44,8 @@ class DeliveryLog:
         self.member_id = member_id
         self._positions: dict[str, Position] = dict(positions or {})
         self._dissolved: dict[str, int] = {}  # group -> its last view id
+        self._dissolved_at: dict[str, Position] = {}  # group -> where it was dissolved (recent ones)
+        self._recent: OrderedDict[str, None] = OrderedDict()  # groups by their latest delivery, newest last
 
     def position(self, group: str) -> Position | None:
         """The last delivered `(view_id, seq)` of `group`; None if none (or dissolved)."""
@@ -49,6 +54,25 @@ class DeliveryLog:
     def positions(self) -> dict[str, Position]:
         """Every live group's position: what to tell a new coordinator to resume from."""
         return dict(self._positions)
+
+    def resume_positions(self) -> dict[str, Any]:
+        """What a Resume says: group -> [view_id, seq], bounded however many groups the member is in.
+
+        The coordinator replays what follows the last event it finds the member had; that is most likely
+        among the groups delivered to last, so those come first: the `RECENT` groups with the newest
+        deliveries, a recently dissolved one as [view_id, casts, 1] (its GroupDissolved was delivered);
+        then other live groups up to `RESUME_POSITIONS` in all."""
+        out: dict[str, Any] = {}
+        for group in reversed(self._recent):
+            if group in self._positions:
+                out[group] = list(self._positions[group])
+            elif group in self._dissolved_at:
+                out[group] = [*self._dissolved_at[group], 1]
+        for group, position in self._positions.items():
+            if len(out) >= RESUME_POSITIONS:
+                break
+            out.setdefault(group, list(position))
+        return out
 
     def receive(self, event: GroupEvent) -> bool:
         """True: `event` is next, deliver it. False: a duplicate, drop it. DeliveryGap: something is missing.
@@ -72,10 +96,29 @@ class DeliveryLog:
         self._advance(event)
         return True
 
+    def resync(self, group: str, view_id: int, casts: int) -> None:
+        """The coordinator says where `group` is now (a `Resynced`): start from there, what came before is
+        not coming. A replay of older events of it is dropped as seen."""
+        self._positions[group] = (view_id, casts)
+        self._dissolved.pop(group, None)
+
+    def forget(self, group: str) -> Position | None:
+        """`group` is gone for this member (after a resync it is not in it): its position, now dropped."""
+        position = self._positions.pop(group, None)
+        if position is not None:
+            self._dissolved[group] = position[0]
+        return position
+
     def _advance(self, event: GroupEvent) -> None:
+        recent = self._recent
+        recent[event.group] = None
+        recent.move_to_end(event.group)
+        if len(recent) > RECENT:
+            self._dissolved_at.pop(recent.popitem(last=False)[0], None)
         if isinstance(event, GroupDissolved):
             del self._positions[event.group]
             self._dissolved[event.group] = event.view_id
+            self._dissolved_at[event.group] = (event.view_id, event.casts)
         elif isinstance(event, ViewChanged):
             self._positions[event.group] = (event.view_id, 0)
         else:

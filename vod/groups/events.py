@@ -114,8 +114,29 @@ class RequestChanged:
     reason: str
 
 
+@dataclass(frozen=True)
+class Resynced:
+    """The member's `Resume` position is older than what the coordinator still holds for it (its outbox is
+    bounded): a replay would silently miss events, so it gets the present instead.
+
+    One `Resynced` per group the member is in now: `group` is in view `view_id` with `members`, and
+    `casts` casts delivered in it so far. `first` marks the first of the series, `last` the last. The
+    member takes each as its new position in that group (no gap check: what it missed is not coming),
+    and after the last treats every other group it held a position in as gone for it (GroupDissolved).
+    The events after the series, in the same replay, are the present of its requests: the current
+    `StrategyAssigned` of each active video group it is in and, to a client, a `RequestChanged` with the
+    current state of each of its requests concerned."""
+
+    group: str
+    view_id: int
+    members: tuple[str, ...]
+    casts: int
+    first: bool
+    last: bool
+
+
 Event = (ViewChanged | Delivered | GroupDissolved | RuidAssigned | MemberExcluded | TablePut | TableDeleted
-         | StrategyAssigned | RequestChanged)
+         | StrategyAssigned | RequestChanged | Resynced)
 GROUP_EVENTS = (ViewChanged, Delivered, GroupDissolved)
 _EVENT_TYPES = {cls.__name__: cls for cls in Event.__args__}
 

@@ -40,7 +40,7 @@ from vod.statemachine import SerialInputs
 from vod.errors import UsageError, VodError
 from vod.groups import wire
 from vod.groups.delivery import DeliveryGap, DeliveryLog
-from vod.groups.events import GROUP_EVENTS, Event, GroupDissolved, ViewChanged, event_from_dict
+from vod.groups.events import GROUP_EVENTS, Event, GroupDissolved, Resynced, ViewChanged, event_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,7 @@ class GroupMember(SerialInputs):
         self.primary: str | None = None
         self.views: dict[str, ViewChanged] = {}
         self._deliveries = DeliveryLog(self.member_id)
+        self._resync_gone: set[str] = set()  # groups not (yet) named by a resync series in progress
         self._incarnated = False  # a Join went through: the coordinator knows us, Resume is the way back
 
         self._state = State.IDLE
@@ -396,7 +397,7 @@ class GroupMember(SerialInputs):
 
     def _send_resume(self, **_: Any) -> None:
         link = self._link
-        positions = {group: list(position) for group, position in self._deliveries.positions().items()}
+        positions = self._deliveries.resume_positions()
 
         def resumed(answer):
             self._see_term(answer["term"])
@@ -548,6 +549,9 @@ class GroupMember(SerialInputs):
             self._link_broken(link, f"malformed Deliver: {err}")
             return
         for event in decoded:
+            if isinstance(event, Resynced):
+                self._resync(event)
+                continue
             if isinstance(event, GROUP_EVENTS):
                 try:
                     if not self._deliveries.receive(event):
@@ -558,6 +562,33 @@ class GroupMember(SerialInputs):
                     return
                 self._track_view(event)
             self._emit(event)
+
+    def _resync(self, event: Resynced) -> None:
+        """One group's present after a Resume from too far back: adopt it, and tell the application.
+
+        The application sees what it would have made of the events it missed: a ViewChanged for each
+        group whose view is new to it, and, after the last `Resynced`, a GroupDissolved for each group
+        it held a position in and is no longer in."""
+        if event.first:
+            self._resync_gone = set(self._deliveries.positions())
+        self._resync_gone.discard(event.group)
+        before = self._deliveries.position(event.group)
+        self._deliveries.resync(event.group, event.view_id, event.casts)
+        if before is None or before[0] != event.view_id:
+            view = ViewChanged(event.group, event.view_id, tuple(event.members),
+                               joined=(self.member_id,) if before is None else (), left=(), previous_casts=0)
+            self._track_view(view)
+            self._emit(view)
+        if event.last:
+            gone, self._resync_gone = sorted(self._resync_gone), set()
+            log.warning("%s: resynchronised by the coordinator (%s was away longer than its replay covers): "
+                        "%d groups gone meanwhile", self.member_id, self._coordinators.current, len(gone))
+            for group in gone:
+                position = self._deliveries.forget(group)
+                if position is not None:
+                    dissolved = GroupDissolved(group, position[0], position[1], (self.member_id,))
+                    self._track_view(dissolved)
+                    self._emit(dissolved)
 
     def _track_view(self, event: Event) -> None:
         if isinstance(event, ViewChanged):

@@ -42,6 +42,14 @@ def video_group(ruid: int) -> str:
     return f"video:{ruid}"
 
 
+def ruid_of_group(name: str) -> int | None:
+    """The RUID of video group `name` (`video_group`), None for any other group name."""
+    if not name.startswith("video:"):
+        return None
+    digits = name[len("video:"):]
+    return int(digits) if digits.isascii() and digits.isdigit() else None
+
+
 class BadSnapshot(VodError):
     """Data that `GroupState.from_snapshot` cannot restore."""
 

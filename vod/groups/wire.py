@@ -63,6 +63,20 @@ def json_list(items: list[EncodedJson]) -> EncodedJson:
     return EncodedJson(b"[" + b",".join(items) + b"]")
 
 
+def encoded_size(value: Any) -> int:
+    """How many bytes `value` takes as one `Json` AMP value (compressed as `Json` compresses it)."""
+    data = bytes(value) if isinstance(value, EncodedJson) else \
+        json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+    if len(data) > COMPRESS_ABOVE:
+        return len(ZLIB_MARKER) + len(zlib.compress(data, 6))
+    return len(data)
+
+
+def fits(value: Any, limit: int = MAX_JSON) -> bool:
+    """Whether `value` travels as one `Json` AMP value of at most `limit` bytes."""
+    return encoded_size(value) <= limit
+
+
 class Json(amp.Argument):
     """A JSON value, size-limited, decoded strictly (a bad value is a protocol error: always ValueError).
 
@@ -160,10 +174,26 @@ class NextRuid(amp.Command):
 
 
 class Status(amp.Command):
-    """Any replica answers (no NotPrimary): its own view of the cluster, as `vod-admin status` shows it."""
+    """Any replica answers (no NotPrimary): its own view of the cluster, as `vod-admin status` shows it.
+
+    Bounded whatever the number of requests (status v2): counts of everything, the members, and the
+    domain groups plus the most recent video groups (`groups_more` says how many are left out; `Groups`
+    lists them all, page by page)."""
 
     arguments: list = []
     response = [(b"status", Json())]
+    errors = COMMON_ERRORS
+
+
+class Groups(amp.Command):
+    """Admin: every group with its view, in name order, one bounded page at a time.
+
+    `after`: the last group name of the previous page (absent: from the start); `limit`: at most this
+    many groups (capped by the replica). The answer is {"v": 1, "groups": [...], "total", "next"}:
+    `next` is the `after` of the next page, null on the last one."""
+
+    arguments = [(b"after", amp.Unicode(optional=True)), (b"limit", amp.Integer(optional=True))]
+    response = [(b"groups", Json())]
     errors = COMMON_ERRORS
 
 
@@ -232,10 +262,17 @@ class Cancel(amp.Command):
 
 
 class Requests(amp.Command):
-    """Admin: every request as a summary (no masks), the caches, and the known movies."""
+    """Admin: the requests as summaries (no masks), the caches, and the known movies.
 
-    arguments: list = []
-    response = [(b"requests", Json()), (b"caches", Json()), (b"movies", Json())]
+    The requests come one bounded page at a time, in RUID order: those after RUID `after` (absent: from
+    the first), at most `limit` (capped by the replica), only the active ones with `active`. `page` is
+    {"v": 1, "total", "listed", "next", "counts", "caches_total"}: `next` is the `after` of the next page
+    (null on the last), `counts` the visible requests per state. Without arguments (as a client asks for
+    the catalogue) the answer is the first page, so it stays one bounded box however long the book."""
+
+    arguments = [(b"after", amp.Integer(optional=True)), (b"limit", amp.Integer(optional=True)),
+                 (b"active", amp.Boolean(optional=True))]
+    response = [(b"requests", Json()), (b"caches", Json()), (b"movies", Json()), (b"page", Json(optional=True))]
     errors = COMMON_ERRORS
 
 
