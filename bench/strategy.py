@@ -361,6 +361,18 @@ class BenchClient:
         return d.addTimeout(timeout, self.reactor)
 
 
+async def _push_latencies(reactor, calls: list[dict], since: str) -> None:
+    """Give late pushes two seconds, then time each call's push and admission from `since` (ms; None if
+    missing). Pushes normally arrive before the answer: the push is sent as the strategy is applied."""
+    late = time.perf_counter() + 2.0
+    while time.perf_counter() < late and any(c["ruid"] not in c["client"].pushed for c in calls):
+        await sleep(reactor, 0.02)
+    for c in calls:
+        for key, when in (("push_ms", c["client"].pushed.get(c["ruid"])),
+                          ("admitted_ms", c["client"].admitted.get(c["ruid"]))):
+            c[key] = (when - c[since]) * 1000 if when is not None else None
+
+
 def _summary(label: str, frames: int, calls: list[dict], elapsed: float, book: tuple[int, int],
              errors: list[str], bucket_rates: list[float], extra: dict | None = None) -> dict:
     answer = [c["answer_ms"] for c in calls if c.get("answer_ms") is not None]
@@ -565,14 +577,7 @@ async def admission(reactor, cluster, args, progress, pids: dict[str, int]) -> d
         await finished.addTimeout(seconds + 60, reactor)
         elapsed = max(seconds, state["last_answer"] - start)
         cpu = cpu_share(cpu0, cpu_seconds(pids), elapsed)
-        late = time.perf_counter() + 2.0
-        while time.perf_counter() < late and any(c["ruid"] not in c["client"].pushed for c in calls):
-            await sleep(reactor, 0.02)
-        for c in calls:
-            arrived = c["client"].pushed.get(c["ruid"])
-            c["push_ms"] = (arrived - c["t_due"]) * 1000 if arrived is not None else None
-            admitted = c["client"].admitted.get(c["ruid"])
-            c["admitted_ms"] = (admitted - c["t_due"]) * 1000 if admitted is not None else None
+        await _push_latencies(reactor, calls, "t_due")
         after = await book()
         push_from_send = [(c["client"].pushed[c["ruid"]] - c["t0"]) * 1000 for c in calls
                           if c["ruid"] in c["client"].pushed]
@@ -629,16 +634,7 @@ async def admission(reactor, cluster, args, progress, pids: dict[str, int]) -> d
                                   consumeErrors=True)
         elapsed = time.perf_counter() - start
         cpu = cpu_share(cpu0, cpu_seconds(pids), elapsed)
-        # Pushes normally arrive before the answer (the push is sent as the strategy is applied);
-        # give late ones a moment, then count the missing.
-        late = time.perf_counter() + 2.0
-        while time.perf_counter() < late and any(c["ruid"] not in c["client"].pushed for c in calls):
-            await sleep(reactor, 0.02)
-        for c in calls:
-            arrived = c["client"].pushed.get(c["ruid"])
-            c["push_ms"] = (arrived - c["t0"]) * 1000 if arrived is not None else None
-            admitted = c["client"].admitted.get(c["ruid"])
-            c["admitted_ms"] = (admitted - c["t0"]) * 1000 if admitted is not None else None
+        await _push_latencies(reactor, calls, "t0")
         after = await book()
         rates = _buckets([c["t1"] for c in calls], start, elapsed)
         phases.append(_summary("open", frames, calls, elapsed, (before, after), errors, rates, {"cpu": cpu}))
