@@ -83,19 +83,6 @@ SIZE = (640, 360)
 FPS = 24.0
 
 # Coordinators with another max_servers: the replica class's default is all that changes.
-PATCHED_COORDINATOR = """\
-import sys
-import vod.coordinator.replica as replica
-_base = replica.CoordinatorReplica
-class CoordinatorReplica(_base):
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("max_servers", {max_servers})
-        super().__init__(*args, **kwargs)
-replica.CoordinatorReplica = CoordinatorReplica
-from vod.coordinator.cli import main
-sys.exit(main())
-"""
-
 SESSION_LINE = re.compile(r"^(?P<t>\d+\.\d+) DEBUG vod\.client\.session: play \S+: (?P<old>\S+) --(?P<input>\S+)--> "
                           r"(?P<new>\S+)\s*$")
 
@@ -187,10 +174,9 @@ class System:
     def start_coordinators(self, tag: str, max_servers: int | None = None) -> None:
         raft = [f"{HOST}:{free_port()}" for _ in range(3)]
         listen = [f"{HOST}:{free_port()}" for _ in range(3)]
-        if max_servers is None:
-            cmd = console_script("vod-coordinator")
-        else:
-            cmd = [sys.executable, "-c", PATCHED_COORDINATOR.format(max_servers=int(max_servers))]
+        cmd = console_script("vod-coordinator")
+        if max_servers is not None:
+            cmd = cmd + ["--max-servers", str(int(max_servers))]
         for i in range(3):
             rid = f"c{i + 1}"
             name = f"{tag}-{rid}"
@@ -690,7 +676,7 @@ def run_scaling(system: System, args, avg_frame: float) -> dict:
     rate = parse_rate(args.rate)
     doc: dict = {"rate": rate, "rows": []}
     plan = [(n, None) for n in args.scale_servers]
-    if args.patched and any(n > 4 for n in args.scale_servers):
+    if args.wide and any(n > 4 for n in args.scale_servers):
         plan += [(n, n) for n in args.scale_servers if n > 4]
     for n, max_servers in plan:
         movie = f"loop-{scale_frames(n, rate, args.scale_seconds, avg_frame)}"
@@ -760,8 +746,8 @@ def main() -> int:
     ap.add_argument("--rate", default="2M", help="each server's --rate-limit in the scaling part")
     ap.add_argument("--scale-servers", default="1,2,4,8", help="server counts for the scaling part")
     ap.add_argument("--scale-seconds", type=float, default=4.0, help="about how long each scaling download lasts")
-    ap.add_argument("--no-patched", dest="patched", action="store_false",
-                    help="skip the scaling rows with coordinators started with max_servers = N")
+    ap.add_argument("--no-wide", dest="wide", action="store_false",
+                    help="skip the scaling rows with coordinators started with --max-servers N (N > 4)")
     ap.add_argument("--profile", metavar="PY_SPY", default=None,
                     help="a py-spy executable: sample the client in the first run of each download row, and one "
                          "server during the first")
