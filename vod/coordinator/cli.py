@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -154,10 +155,25 @@ def entry(argv: Sequence[str]) -> int:
 
     reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", replica.stop)
+    tune_gc()
     reactor.run()
     if failed:
         raise UsageError(f"replica {args.replica_id} could not start: {failed[0].getErrorMessage()}")
     return 0
+
+
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector's pauses out of admission latency.
+
+    With the defaults a young collection comes every 700 allocations and the older generations, walked
+    often, hold all of Twisted, pysyncobj and the request book: at 1,000 admissions/s those pauses made
+    the p99 of request -> strategy 48 ms against a 20 ms target (bench/strategy.py, paced phase). What
+    exists at start-up lives as long as the process, so it is frozen out of every collection; young
+    cycles are still collected, every 50,000 allocations (p99 15 ms in the same bench, 21 ms with the
+    freeze alone)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def main() -> int:
