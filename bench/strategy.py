@@ -74,6 +74,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # the Cluster harness lives with the tests
 
 from benchutil import pct, profile_totals  # noqa: E402
+from vod.coordinator.cli import tune_gc  # noqa: E402
 from vod.strategy.mask import FrameMask  # noqa: E402
 from vod.strategy.placement import ServerInfo, Strategy, make_strategy  # noqa: E402
 from vod.strategy.restripe import restripe  # noqa: E402
@@ -699,6 +700,9 @@ def run_admission(args, workdir: str) -> dict:
             d.addBoth(done)
 
         reactor.callWhenRunning(run)
+        # The clients live in this process: their garbage collector's pauses would count as admission
+        # latency. Tuned as the coordinator tunes its own (a real client process is small and short-lived).
+        tune_gc()
         reactor.run()
         result = outcome.get("result")
         if result is None:
