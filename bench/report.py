@@ -70,6 +70,11 @@ def pct(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value * 100:.{digits}f}%"
 
 
+def ms_pair(low, high, digits: int = 0) -> str:
+    """Two percentiles as 'p50 / p99' (or p95) are shown."""
+    return f"{ms(low, digits)} / {ms(high, digits)}"
+
+
 def num(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -110,7 +115,7 @@ def figures_strategy(doc: dict) -> list[Figure]:
                           "in-process load generator; each admission is one Raft entry, an AMP answer and five pushes"))
         p99 = phase.get("push_p99_ms")
         out.append(Figure("strategist", what + ": request → strategy at the client, p50 / p99",
-                          f"{ms(phase.get('push_p50_ms'), 1)} / {ms(p99, 1)}",
+                          ms_pair(phase.get("push_p50_ms"), p99, 1),
                           "p99 ≤ 20 ms" if name != "open" else "(saturation: queueing)",
                           (p99 is not None and p99 <= 20) if name != "open" else None,
                           "one request at a time still waits for a Raft append round (pysyncobj's tick thread) and "
@@ -126,20 +131,20 @@ def figures_failover(doc: dict) -> list[Figure]:
     f = doc.get("failover")
     if f:
         out.append(Figure("group service", f"primary SIGKILL → first RUID by the new primary ({f['rounds']} rounds): "
-                                           "p50 / p99", f"{ms(f['p50_ms'])} / {ms(f['p99_ms'])}",
+                                           "p50 / p99", ms_pair(f["p50_ms"], f["p99_ms"]),
                           "p50 ≤ 300, p99 ≤ 750 ms", f["p50_ms"] <= 300 and f["p99_ms"] <= 750,
                           "an election timeout of 120-300 ms, and a split vote now and then costs a second round"))
     for c in doc.get("commit_latency", []):
         paced = c["load"].startswith("paced")
         out.append(Figure("group service", f"commit latency, {c['load']}: p50 / p99 ({c['ops_per_s']:,.0f} ops/s)",
-                          f"{ms(c['p50_ms'], 2)} / {ms(c['p99_ms'], 2)}", "p99 ≤ 5 ms" if paced else "",
+                          ms_pair(c["p50_ms"], c["p99_ms"], 2), "p99 ≤ 5 ms" if paced else "",
                           c["p99_ms"] <= 5 if paced else None,
                           "pysyncobj's tick thread and the reactor share the GIL; under load a commit waits for "
                           "a switch (0.5 ms interval) or a busy reactor turn"))
     for v in doc.get("views", []):
         out.append(Figure("group service", f"member {v['fault'].upper()} → VIEW at every survivor, failure timeout "
                                            f"{v['failure_timeout_s']:g} s ({v['rounds']} rounds): p50 / p99",
-                          f"{ms(v['p50_ms'])} / {ms(v['p99_ms'])}", "p99 ≤ 1.0 s", v["p99_ms"] <= 1000,
+                          ms_pair(v["p50_ms"], v["p99_ms"]), "p99 ≤ 1.0 s", v["p99_ms"] <= 1000,
                           "a hung member is judged by missing heartbeats: up to the failure timeout plus a check "
                           "tick after its last beat; a crash is judged by its closed connection after the "
                           "reconnect grace"))
@@ -154,7 +159,7 @@ def figures_playback(doc: dict) -> list[Figure]:
         for what, row in table.items():
             if what.startswith(("startup_ms", "spawn -> first frame", "reactor running -> first")):
                 out.append(Figure("playback", f"start-up, {what}, {row['n']} plays: p50 / p95",
-                                  f"{ms(row['p50_ms'])} / {ms(row['p95_ms'])}", "p95 ≤ 300 ms",
+                                  ms_pair(row["p50_ms"], row["p95_ms"]), "p95 ≤ 300 ms",
                                   row["p95_ms"] <= 300,
                                   "Python's start-up and imports (the Twisted reactor, twisted.web for --http, the "
                                   "client's modules) take 200-250 ms before the reactor runs; from there to the "
