@@ -79,3 +79,19 @@ def domain_secret(workdir: str) -> tuple[str, bytes, dict[str, str]]:
     path = os.path.join(workdir, "secret")
     write_secret(path)
     return path, read_secret(path), dict(os.environ, VOD_SECRET_FILE=path)
+
+
+def stored_current(store, movie_id: str) -> bool:
+    """Whether `movie_id` is in `store` in the current format; a movie of an older format (kept in a bench's
+    workdir from an earlier vod) is removed, to be built again: an old format is served more slowly."""
+    import shutil
+
+    from vod.media.store import FORMAT_VERSION
+
+    if not store.exists(movie_id):
+        return False
+    with store.open(movie_id) as movie:
+        if movie.index_version == FORMAT_VERSION:
+            return True
+    shutil.rmtree(store.movie_path(movie_id))
+    return False

@@ -50,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from benchutil import log, pct, print_closing  # noqa: E402
+from benchutil import log, pct, print_closing, stored_current  # noqa: E402
 from playback import CLK_TCK, System, proc_cpu  # noqa: E402
 from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
@@ -140,7 +140,7 @@ def wait_quiet(system: System, limit: float) -> None:
 def build_movie(store: MovieStore, args) -> tuple[str, int]:
     frames = max(1, int(round(args.seconds * args.fps)))
     movie_id = f"rt-{args.width}x{args.height}-{args.fps:g}-{frames}"
-    if not store.exists(movie_id):
+    if not stored_current(store, movie_id):
         t0 = time.monotonic()
         store.add(movie_id, synthetic_jpegs(frames, (args.width, args.height), args.fps), fps=args.fps,
                   width=args.width, height=args.height, source="synthetic", source_codec="MJPG",

@@ -90,7 +90,7 @@ sys.path.insert(0, BENCH)
 
 from playback import FPS, HOST, SIZE, System, _unlink, median  # noqa: E402
 from recovery import check_output, read_trace  # noqa: E402
-from benchutil import json_safe, log, wait_until  # noqa: E402
+from benchutil import json_safe, log, stored_current, wait_until  # noqa: E402
 from vod.media.ingest import export  # noqa: E402
 from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
@@ -184,7 +184,7 @@ class Movie:
     def __init__(self, workdir: str, frames: int):
         self.id = f"peer-{frames}"
         self.store = MovieStore(os.path.join(workdir, "store"))
-        if not self.store.exists(self.id):
+        if not stored_current(self.store, self.id):
             t0 = time.monotonic()
             self.store.add(self.id, synthetic_jpegs(frames, SIZE, FPS), fps=FPS, width=SIZE[0], height=SIZE[1],
                            source="synthetic", source_codec="MJPG", keeps_source_jpeg=True, jpeg_quality=85)

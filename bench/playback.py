@@ -70,7 +70,7 @@ from vod.groups.probe import Probe  # noqa: E402
 from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
 from vod.procs import ProcessGroup, console_script, free_port  # noqa: E402
-from benchutil import domain_secret, log, pct, print_closing, profile_totals, wait_until  # noqa: E402
+from benchutil import domain_secret, log, pct, print_closing, profile_totals, stored_current, wait_until  # noqa: E402
 from vod.server.cli import parse_rate  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -111,7 +111,7 @@ def proc_cpu(pid: int) -> float:
 
 def build_movies(store: MovieStore, args) -> None:
     for movie_id, frames in ((short_id(args), args.short_frames), (big_id(args), args.big_frames)):
-        if store.exists(movie_id):
+        if stored_current(store, movie_id):
             continue
         t0 = time.monotonic()
         store.add(movie_id, synthetic_jpegs(frames, SIZE, FPS), fps=FPS, width=SIZE[0], height=SIZE[1],
@@ -135,7 +135,7 @@ def movie_bytes(store: MovieStore, movie_id: str) -> tuple[int, int]:
 def loop_movie(store: MovieStore, big: str, frames: int) -> str:
     """A movie of `frames` frames: the big movie's JPEGs over and over (no encoding)."""
     movie_id = f"loop-{frames}"
-    if store.exists(movie_id):
+    if stored_current(store, movie_id):
         return movie_id
     with store.open(big) as source:
         jpegs = (source.frame(i % len(source)) for i in range(frames))

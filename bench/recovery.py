@@ -60,7 +60,7 @@ from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
 from vod.media.video import read_jpeg_frames  # noqa: E402
 from vod.procs import ProcessGroup, console_script, free_port  # noqa: E402
-from benchutil import domain_secret, json_safe, log, pct, wait_until  # noqa: E402
+from benchutil import domain_secret, json_safe, log, pct, stored_current, wait_until  # noqa: E402
 
 HOST = "127.0.0.1"
 DOMAIN = "bench"
@@ -469,7 +469,7 @@ def main() -> int:
     rng = random.Random(args.seed)
 
     store = MovieStore(os.path.join(workdir, "store"))
-    if not store.exists(MOVIE):
+    if not stored_current(store, MOVIE):
         store.add(MOVIE, synthetic_jpegs(args.frames, SIZE, FPS), fps=FPS, width=SIZE[0], height=SIZE[1],
                   source="synthetic", source_codec="MJPG", keeps_source_jpeg=True, jpeg_quality=85)
     with store.open(MOVIE) as movie:

@@ -590,6 +590,13 @@ async def admission(reactor, cluster, args, progress, pids: dict[str, int]) -> d
                         "push_from_send_p50_ms": round(pct(push_from_send, 50), 2),
                         "push_from_send_p99_ms": round(pct(push_from_send, 99), 2)})
         phases.append(row)
+        if os.environ.get("VOD_TRACE_DIR"):  # per-request times for lining up with the replicas' probes
+            off = time.time() - time.perf_counter()
+            with open(os.path.join(os.environ["VOD_TRACE_DIR"], f"bench-paced-{frames}.json"), "w") as f:
+                json.dump([{"client": c["client"].id, "ruid": c["ruid"], "due": c["t_due"] + off, "sent": c["t0"] + off,
+                            "answered": c["t1"] + off,
+                            "pushed": (c["client"].pushed[c["ruid"]] + off) if c["ruid"] in c["client"].pushed
+                            else None} for c in calls], f)
         progress(f"admission: paced {frames} frames at {rate:g}/s offered: {row['rate']} req/s achieved, "
                  f"push p50 {row['push_p50_ms']} ms, p99 {row['push_p99_ms']} ms (bench send lag p99 "
                  f"{row['send_lag_p99_ms']} ms)")
@@ -608,6 +615,8 @@ async def admission(reactor, cluster, args, progress, pids: dict[str, int]) -> d
         if args.paced_rate > 0:
             calls, after = await paced_phase(frames, movie, wanted, counter)
             await cdone_cleanup("paced cleanup", frames, wanted, calls, after)
+        if args.no_overload:
+            continue
 
         # ---- phase "open": OpenRequest only; CDone everything afterwards ----
         await settle()
@@ -862,6 +871,8 @@ def main() -> int:
                     help="offered rate of the paced (open-loop) admission phase, requests/s (0: no paced phase)")
     ap.add_argument("--paced-seconds", type=float, default=None,
                     help="seconds of the paced phase (default: --seconds)")
+    ap.add_argument("--no-overload", action="store_true",
+                    help="skip the overload phases (\"open\", \"cycle\"): only \"1 in flight\" and \"paced\"")
     ap.add_argument("--floor-seconds", type=float, default=2.0,
                     help="seconds of the one-request-at-a-time phase (the latency floor)")
     ap.add_argument("--failure-timeout", type=float, default=1.0, help="the replicas' member failure timeout")

@@ -1,6 +1,6 @@
 """The client's frame cache: round trips, torn writes never counted, another movie's frames dropped, one user."""
 
-import hashlib
+from vod.stream.protocol import frame_digest
 import os
 
 import pytest
@@ -20,7 +20,7 @@ def fill(root, indices, meta=META):
     cache = FrameCache(str(root), meta.movie_id).open()
     cache.adopt(meta)
     for i in indices:
-        cache.append(i, jpeg(i), hashlib.sha256(jpeg(i)).digest())
+        cache.append(i, jpeg(i), frame_digest(jpeg(i)))
     cache.close()
 
 
@@ -30,7 +30,7 @@ def test_frames_survive_a_reopen(tmp_path):
     assert cache.meta == META
     assert cache.held() == FrameMask.from_indices(6, [0, 3, 5])
     assert [cache.read(i) for i in (0, 3, 5)] == [jpeg(0), jpeg(3), jpeg(5)]
-    cache.append(3, b"other", hashlib.sha256(b"other").digest())  # held already: kept as it was
+    cache.append(3, b"other", frame_digest(b"other"))  # held already: kept as it was
     assert cache.read(3) == jpeg(3)
     cache.close()
 
@@ -39,13 +39,13 @@ def test_a_torn_last_record_is_not_held_and_is_cut_off(tmp_path):
     fill(tmp_path, [0, 1])
     log = tmp_path / "m" / "frames.log"
     whole = log.stat().st_size
-    record = RECORD.pack(b"VCFR", 2, len(jpeg(2)), hashlib.sha256(jpeg(2)).digest(), 0)
+    record = RECORD.pack(b"VCFR", 2, len(jpeg(2)), frame_digest(jpeg(2)), 0)
     with open(log, "ab") as f:
         f.write(record[:-4] + b"\0\0\0\0" + jpeg(2)[:50])  # a crash in the middle of an append
     cache = FrameCache(str(tmp_path), "m").open()
     assert cache.held() == FrameMask.from_indices(6, [0, 1])
     assert cache.discarded_bytes > 0 and log.stat().st_size == whole
-    cache.append(2, jpeg(2), hashlib.sha256(jpeg(2)).digest())  # and appending goes on cleanly
+    cache.append(2, jpeg(2), frame_digest(jpeg(2)))  # and appending goes on cleanly
     cache.close()
     assert FrameCache(str(tmp_path), "m").open().held() == FrameMask.from_indices(6, [0, 1, 2])
 
@@ -114,7 +114,7 @@ def test_the_default_root_follows_xdg(monkeypatch, tmp_path):
 def test_many_frames_go_in_one_append_and_held_ones_are_skipped(tmp_path):
     fill(tmp_path, [1])
     cache = FrameCache(str(tmp_path), "m").open()
-    frames = [(i, jpeg(i), hashlib.sha256(jpeg(i)).digest()) for i in (4, 1, 2, 4)]  # 1 held, 4 twice
+    frames = [(i, jpeg(i), frame_digest(jpeg(i))) for i in (4, 1, 2, 4)]  # 1 held, 4 twice
     cache.append_many(frames)
     assert [cache.read(i) for i in (1, 2, 4)] == [jpeg(1), jpeg(2), jpeg(4)]
     cache.close()

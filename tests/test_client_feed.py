@@ -1,7 +1,6 @@
 """One server feed over StringTransport on a fake clock: HELLO, credit, checksums and RESEND, fencing, reconnects."""
 
 import base64
-import hashlib
 
 import pytest
 from twisted.internet import error
@@ -66,7 +65,7 @@ class Listener:
 
 def frame(index, revision=1, payload=None, corrupt=False):
     payload = payload if payload is not None else b"\xff\xd8frame%d\xff\xd9" % index
-    digest = hashlib.sha256(payload).digest()
+    digest = p.frame_digest(payload)
     if corrupt:
         payload = payload[:-1] + b"\x00"
     return p.encode_frame(RUID, revision, index, index * 100_000, payload, digest)

@@ -2,7 +2,6 @@
 a real cache in a temporary directory. No sockets, no threads, no sleeps."""
 
 import base64
-import hashlib
 
 import pytest
 from twisted.internet import defer, error
@@ -150,7 +149,7 @@ class Harness:
 
     def send(self, proto, indices, revision=1):
         proto.dataReceived(b"".join(p.encode_frame(RUID, revision, i, int(i * 1e6 / FPS), jpeg(i),
-                                                   hashlib.sha256(jpeg(i)).digest()) for i in indices))
+                                                   p.frame_digest(jpeg(i))) for i in indices))
 
     def end(self, proto, revision=1):
         proto.dataReceived(p.encode_end(RUID, revision, 0))
@@ -328,7 +327,7 @@ def test_frames_count_only_from_the_servers_of_the_current_strategy(tmp_path):
                                      reason="restripe", addresses={"s1": "10.0.0.1:9000", "s3": "10.0.0.3:9000"}))
     assert t2.disconnecting
     forged = b"\xff\xd8not the movie\xff\xd9"
-    p2.dataReceived(b"".join(p.encode_frame(RUID, 2, i, 0, forged, hashlib.sha256(forged).digest()) for i in rest))
+    p2.dataReceived(b"".join(p.encode_frame(RUID, 2, i, 0, forged, p.frame_digest(forged)) for i in rest))
     assert not any(h.session.buffer.holds(i) for i in rest)
     p3, _ = h.accept_all()["10.0.0.3:9000"]
     assert [address for address, _, _ in h.net.attempts] == ["10.0.0.1:9000", "10.0.0.2:9000", "10.0.0.3:9000"]

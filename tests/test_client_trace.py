@@ -2,7 +2,6 @@
 fake clock (the session harness of test_client_session: scripted member, scripted servers). No sockets, no
 threads, no sleeps."""
 
-import hashlib
 import io
 import json
 import logging
@@ -177,7 +176,7 @@ def test_a_frame_after_the_last_one_wanted_is_traced_as_ignored(tmp_path):
     h.send(p2, range(1, FRAMES, 2))
     assert h.session.state is PlayState.DRAINING
     # The feeds are closed by now and drop what their servers still send; were a frame to reach the play:
-    late = p.FrameMessage(p.FRAME, RUID, 1, 4, 0, hashlib.sha256(jpeg(4)).digest(), jpeg(4))
+    late = p.FrameMessage(p.FRAME, RUID, 1, 4, 0, p.frame_digest(jpeg(4)), jpeg(4))
     h.session.frame_received(h.session.feeds["s1"], late)
     trace.close()
     last = lines(stream)[-1]

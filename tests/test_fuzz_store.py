@@ -46,6 +46,7 @@ def read_movie(root: str) -> None:
         assert info.width > 0 and info.height > 0 and info.frame_count == len(movie) > 0, info
         for i in range(len(movie)):
             assert len(movie.frame(i)) == movie.entry(i)[1] and len(movie.frame_sha256(i)) == 32
+            assert movie.wire_entry(i)[0] == movie.entry(i)[1] and len(movie.wire_entry(i)[1]) == 16
             presentation_us(i, info.fps)
 
 
@@ -103,14 +104,15 @@ def test_metadata_fields_replaced_or_removed(template, data):
 
 
 @given(st.integers(0, 2**64 - 1), st.integers(0, FRAMES - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1),
-       st.binary(min_size=32, max_size=32), st.booleans())
+       st.binary(min_size=48, max_size=48), st.booleans())
 @fuzz(150)
-def test_index_records_that_lie(template, count, frame, offset, length, digest, keep_checksum):
+def test_index_records_that_lie(template, count, frame, offset, length, digests, keep_checksum):
     """An index whose header or records lie, with movie.json's checksum of the index kept or removed (so
     that the records themselves are read)."""
     index = bytearray(original(template, "index.bin"))
     magic, version, record, _ = INDEX_HEADER.unpack_from(index)
-    INDEX_RECORD.pack_into(index, INDEX_HEADER.size + frame * INDEX_RECORD.size, offset, length, digest)
+    INDEX_RECORD.pack_into(index, INDEX_HEADER.size + frame * INDEX_RECORD.size, offset, length, digests[:32],
+                           digests[32:])
     if count % 3 == 0:
         INDEX_HEADER.pack_into(index, 0, magic, version, record, count)
     meta = json.loads(original(template, "movie.json"))

@@ -96,7 +96,7 @@ def test_make_info_verify_list(tmp_path):
     assert r.returncode == 0, r.stderr
     assert run_cli("media", "ingest", avi, "--id", "syn", "--store", store).returncode == 0
     r = run_cli("media", "info", "syn", "--store", store, "--json")
-    assert r.returncode == 0 and '"frame_count": 30' in r.stdout and '"version": 1' in r.stdout
+    assert r.returncode == 0 and '"frame_count": 30' in r.stdout and '"version": 2' in r.stdout
     r = run_cli("media", "verify", "syn", "--store", store)
     assert r.returncode == 0 and "all 30 frames" in r.stdout
     r = run_cli("media", "list", "--store", store)
@@ -232,3 +232,48 @@ def test_export_needs_avi_suffix(tmp_path):
     assert r.returncode == 2 and ".avi" in r.stderr
     r = run_cli("media", "export", "nope", str(tmp_path / "out.avi"), "--store", store)
     assert r.returncode == 4 and "no movie 'nope'" in r.stderr
+
+
+def _downgrade_to_version_1(movie_dir) -> None:
+    """Rewrite a stored movie as vod before format 2 wrote it: 44-byte index records without XXH3-128."""
+    import json
+    import struct
+
+    from vod.media.store import INDEX_HEADER, INDEX_RECORD
+
+    index = open(os.path.join(movie_dir, "index.bin"), "rb").read()
+    _, _, _, count = INDEX_HEADER.unpack_from(index)
+    records = [INDEX_RECORD.unpack_from(index, INDEX_HEADER.size + i * INDEX_RECORD.size)[:3] for i in range(count)]
+    old = INDEX_HEADER.pack(b"VODX", 1, 44, count) + b"".join(struct.pack(">QI32s", *r) for r in records)
+    open(os.path.join(movie_dir, "index.bin"), "wb").write(old)
+    meta_path = os.path.join(movie_dir, "movie.json")
+    meta = json.load(open(meta_path))
+    meta.update(version=1, index_sha256=hashlib.sha256(old).hexdigest())
+    open(meta_path, "w").write(json.dumps(meta))
+
+
+def test_version_1_movies_are_served_with_checked_digests(tmp_path):
+    """A store written before format 2 still plays: its frames get their wire checksum (XXH3-128) when read,
+    after their SHA-256 is checked, so a frame damaged on disk still reaches the client as a bad frame."""
+    from vod.media.store import BAD_DIGEST
+    from vod.stream.protocol import frame_digest
+
+    store = MovieStore(str(tmp_path / "store"))
+    make_movie_frames = [b"\xff\xd8frame %d\xff\xd9" % i * 50 for i in range(6)]
+    store.add("old", make_movie_frames, fps=24.0, width=8, height=8, source="t", source_codec="mjpeg",
+              keeps_source_jpeg=True, jpeg_quality=None)
+    with store.open("old") as movie:
+        fresh = [movie.wire_entry(i) for i in range(6)]
+    assert fresh == [(len(f), frame_digest(f)) for f in make_movie_frames]
+    _downgrade_to_version_1(store.movie_path("old"))
+    with store.open("old") as movie:
+        assert [movie.wire_entry(i) for i in range(6)] == fresh
+        offset = movie.entry(3)[0]
+    frames_path = os.path.join(store.movie_path("old"), "frames.bin")
+    data = bytearray(open(frames_path, "rb").read())
+    data[offset + 4] ^= 0xFF
+    open(frames_path, "wb").write(bytes(data))
+    with store.open("old") as movie:
+        assert movie.wire_entry(3) == (len(make_movie_frames[3]), BAD_DIGEST)
+        assert movie.wire_entry(2) == fresh[2]
+        assert movie.first_bad_frame() == 3

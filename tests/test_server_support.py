@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 
 from twisted.internet.protocol import Protocol
 
@@ -96,5 +95,5 @@ def check_frames(messages, movie) -> None:
     for m in messages:
         if m.type == p.FRAME:
             assert m.payload == movie.frame(m.index)
-            assert m.checksum_ok() and m.sha256 == hashlib.sha256(m.payload).digest()
+            assert m.checksum_ok() and m.digest == p.frame_digest(m.payload)
             assert m.pts_us == round(m.index * 1_000_000 / movie.info.fps)

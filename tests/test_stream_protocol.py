@@ -1,6 +1,5 @@
 """The data-plane wire format: round trips byte by byte, and garbage refused with ProtocolError."""
 
-import hashlib
 import os
 
 import pytest
@@ -10,7 +9,7 @@ from vod.stream import protocol as p
 
 
 def frame_bytes(index, payload):
-    return p.encode_frame(7, 2, index, index * 41666, payload, hashlib.sha256(payload).digest())
+    return p.encode_frame(7, 2, index, index * 41666, payload, p.frame_digest(payload))
 
 
 @given(st.lists(st.binary(max_size=3000), max_size=8), st.integers(1, 97))
@@ -70,3 +69,26 @@ def test_control_round_trip_and_limits():
         p.ControlDecoder().feed(b"VC\x01\x02\x00\x00\x00\x03abc")
     with pytest.raises(p.ProtocolError, match="over"):
         p.FrameDecoder().feed(p.FRAME_HEADER.pack(b"VF", 1, 1, 0, 0, 0, 0, p.MAX_FRAME_BYTES + 1, bytes(32)))
+
+
+def test_version_1_frames_with_sha256_are_still_read_and_checked():
+    """Servers before frame-header version 2 sent SHA-256; a client reads and checks both kinds."""
+    import hashlib
+
+    payload = b"\xff\xd8old server\xff\xd9"
+    old = p.encode_frame(7, 1, 3, 0, payload, hashlib.sha256(payload).digest())
+    new = p.encode_frame(7, 1, 4, 0, payload, p.frame_digest(payload))
+    assert old[2] == 1 and new[2] == 2
+    damaged = p.encode_frame(7, 1, 5, 0, payload, hashlib.sha256(b"other").digest())
+    messages = p.FrameDecoder().feed(old + new + damaged)
+    assert [len(m.digest) for m in messages] == [32, 16, 32]
+    assert p.checksums_ok(messages) == [True, True, False]
+    assert [m.checksum_ok() for m in messages] == [True, True, False]
+
+
+def test_version_2_header_reserved_bytes_must_be_zero():
+    payload = b"x"
+    data = bytearray(p.encode_frame(7, 1, 3, 0, payload, p.frame_digest(payload)))
+    data[50] = 1
+    with pytest.raises(p.ProtocolError, match="must be zero"):
+        p.FrameDecoder().feed(bytes(data))

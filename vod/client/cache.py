@@ -1,16 +1,19 @@
 """The client's frame cache: the frames of a movie received earlier, so a later play asks only for the rest.
 
-Layout of `CACHE/MOVIE_ID/` (format version 1)::
+Layout of `CACHE/MOVIE_ID/` (format version 2)::
 
-    movie.json   {"format": "vod-client-cache", "version": 1, "id", "frame_count", "fps", "width", "height"}
-    frames.log   8-byte header b"VODC" | u16 version=1 | u16 record header size=48,
+    movie.json   {"format": "vod-client-cache", "version": 2, "id", "frame_count", "fps", "width", "height"}
+    frames.log   8-byte header b"VODC" | u16 version=2 | u16 record header size=32,
                  then records, appended as frames arrive, in any order:
-                 b"VCFR" | u32 index | u32 length | 32-byte SHA-256 of the payload | u32 CRC-32 of the
-                 previous 44 bytes | payload (the JPEG bytes, unchanged)
+                 b"VCFR" | u32 index | u32 length | 16-byte XXH3-128 of the payload (as on the wire) |
+                 u32 CRC-32 of the previous 28 bytes | payload (the JPEG bytes, unchanged)
+
+A cache of another version (version 1 kept SHA-256) is started afresh: its
+frames are fetched again, nothing else is lost.
 
 Crash safety: a frame counts as held only once its whole record is on disk
 and checks out. Opening the cache reads every record and verifies the CRC of
-its header and the SHA-256 of its payload; the first record that does not
+its header and the XXH3-128 of its payload; the first record that does not
 (a write torn by a crash, zeros left by a power loss) and everything after it
 is cut off. So a half-written frame is never counted, and appends continue on
 a clean tail. A lock (flock) keeps two clients from appending to one cache.
@@ -22,7 +25,6 @@ from the reactor.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -31,17 +33,19 @@ import zlib
 from dataclasses import dataclass
 
 from bitarray import bitarray
+from xxhash import xxh3_128_digest
 
 from vod.client.playout import mask_from_bits
 from vod.errors import StoreError, UsageError
 from vod.media.store import check_movie_id
+from vod.stream.protocol import DIGEST_SIZE
 from vod.strategy.mask import FrameMask
 
 FORMAT_NAME = "vod-client-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LOG_HEADER = struct.Struct(">4sHH")
 LOG_MAGIC = b"VODC"
-RECORD = struct.Struct(">4sII32sI")
+RECORD = struct.Struct(">4sII16sI")
 RECORD_MAGIC = b"VCFR"
 SYNC_EVERY = 256  # records between fsyncs: a crash costs at most these frames, never a wrong one
 WRITE_BATCH = 256  # records per pwritev: two buffers each, well under the system's IOV_MAX (1024 on Linux)
@@ -143,7 +147,7 @@ class FrameCache:
             if index >= self.meta.frame_count or offset + RECORD.size + length > size:
                 break
             payload = os.pread(fd, length, offset + RECORD.size)
-            if hashlib.sha256(payload).digest() != digest:
+            if xxh3_128_digest(payload) != digest:
                 break
             self._index.setdefault(index, (offset + RECORD.size, length))
             offset += RECORD.size + length
@@ -195,13 +199,15 @@ class FrameCache:
             raise StoreError(f"cache {self.path}: frame {index} is cut short; delete the cache and play again")
         return data
 
-    def append(self, index: int, payload: bytes, sha256: bytes) -> None:
+    def append(self, index: int, payload: bytes, digest: bytes | None = None) -> None:
         """Add a received (verified) frame; a frame held already is left as it is."""
-        self.append_many([(index, payload, sha256)])
+        self.append_many([(index, payload, digest)])
 
-    def append_many(self, frames: list[tuple[int, bytes, bytes]]) -> None:
-        """Add received (verified) frames, (index, payload, SHA-256) each, with one write per `WRITE_BATCH`
-        frames (a download brings dozens per read); frames held already are left as they are."""
+    def append_many(self, frames: list[tuple[int, bytes, bytes | None]]) -> None:
+        """Add received (verified) frames, (index, payload, digest) each, with one write per `WRITE_BATCH`
+        frames (a download brings dozens per read); frames held already are left as they are. The digest is
+        the frame header's: an XXH3-128 is kept as it is, anything else (None, a version-1 header's SHA-256)
+        is replaced by the payload's XXH3-128."""
         if self.meta is None:
             return
         fresh, seen = [], set()
@@ -214,8 +220,10 @@ class FrameCache:
 
     def _write_records(self, frames: list[tuple[int, bytes, bytes]]) -> None:
         buffers, placed, offset = [], [], self._end
-        for index, payload, sha256 in frames:
-            head = RECORD.pack(RECORD_MAGIC, index, len(payload), sha256, 0)[:-4]
+        for index, payload, digest in frames:
+            if digest is None or len(digest) != DIGEST_SIZE:
+                digest = xxh3_128_digest(payload)
+            head = RECORD.pack(RECORD_MAGIC, index, len(payload), digest, 0)[:-4]
             buffers += (head + struct.pack(">I", zlib.crc32(head)), payload)
             placed.append((index, offset + RECORD.size, len(payload)))
             offset += RECORD.size + len(payload)

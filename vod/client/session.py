@@ -502,7 +502,7 @@ class PlaybackSession(SerialInputs):
                 self._trace.frame(message.index, server, message.revision, arrival is Arrival.DUPLICATE,
                                   arrival.value)
             if arrival is Arrival.ACCEPTED or arrival is Arrival.LATE:
-                to_cache.append((message.index, message.payload, message.sha256))
+                to_cache.append((message.index, message.payload, message.digest))
                 accepted = accepted or arrival is Arrival.ACCEPTED
         if to_cache and self._cache is not None:
             self._worker.submit(self._cache.append_many, to_cache).addErrback(self._cache_failed)

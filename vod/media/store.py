@@ -1,13 +1,21 @@
 """The movie store: one directory per movie, frames kept as the exact JPEG bytes a server sends.
 
-Layout of `STORE/MOVIE_ID/` (format version 1)::
+Layout of `STORE/MOVIE_ID/` (format version 2; version 1 is still read)::
 
-    movie.json   metadata, JSON: {"format": "vod-movie", "version": 1, "id", "fps", "width",
+    movie.json   metadata, JSON: {"format": "vod-movie", "version": 2, "id", "fps", "width",
                  "height", "frame_count", "frames_bytes", "source", "source_codec",
                  "keeps_source_jpeg", "jpeg_quality", "index_sha256", "created"}
     frames.bin   the JPEG frames, concatenated, nothing between them
-    index.bin    16-byte header  b"VODX" | u16 version=1 | u16 record size=44 | u64 frame count
-                 then one record per frame, big-endian: u64 offset | u32 length | 32-byte SHA-256
+    index.bin    16-byte header  b"VODX" | u16 version=2 | u16 record size=60 | u64 frame count
+                 then one record per frame, big-endian: u64 offset | u32 length | 32-byte SHA-256 |
+                 16-byte XXH3-128 (canonical big-endian, seed 0)
+                 (version 1: record size 44, no XXH3-128)
+
+SHA-256 is the frame's identity (`vod-media verify`, the tests' frame-exact
+checks); XXH3-128 is the checksum a server puts on the wire, read from here so
+a frame damaged on disk is caught by the client, not re-hashed into looking
+fine. A version-1 movie has no XXH3: its server checks the SHA-256 of each
+frame it sends and hashes it then (slower; re-ingest to upgrade).
 
 Reading frame i is one fixed-offset lookup in the index and one slice of the
 memory-mapped `frames.bin`. A movie is built in `STORE/.ingest-ID-*` and
@@ -30,13 +38,18 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+from xxhash import xxh3_128_digest
+
 from vod.errors import CorruptMovie, StoreError, UsageError
 
 FORMAT_NAME = "vod-movie"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FORMAT_VERSIONS_READ = (1, 2)
 INDEX_MAGIC = b"VODX"
 INDEX_HEADER = struct.Struct(">4sHHQ")
-INDEX_RECORD = struct.Struct(">QI32s")
+INDEX_RECORD = struct.Struct(">QI32s16s")
+INDEX_RECORDS = {1: struct.Struct(">QI32s"), 2: INDEX_RECORD}
+BAD_DIGEST = bytes(16)  # what a version-1 frame whose SHA-256 fails gets on the wire: the client rejects it
 MOVIE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TEMP_PREFIX = ".ingest-"
 
@@ -75,9 +88,9 @@ class MovieInfo:
     def from_json(cls, data: dict, where: str) -> "MovieInfo":
         if data.get("format") != FORMAT_NAME:
             raise CorruptMovie(f"{where}: not a vod movie (format {data.get('format')!r})")
-        if data.get("version") != FORMAT_VERSION:
+        if data.get("version") not in FORMAT_VERSIONS_READ:
             raise CorruptMovie(f"{where}: movie format version {data.get('version')!r} is not supported "
-                               f"(this vod reads version {FORMAT_VERSION})")
+                               f"(this vod reads versions {', '.join(map(str, FORMAT_VERSIONS_READ))})")
         try:
             info = cls(movie_id=str(data["id"]), fps=float(data["fps"]), width=int(data["width"]),
                        height=int(data["height"]), frame_count=int(data["frame_count"]),
@@ -139,9 +152,12 @@ class Movie:
         if len(data) < INDEX_HEADER.size:
             raise CorruptMovie(f"{index_path}: too short for an index header")
         magic, version, record, count = INDEX_HEADER.unpack_from(data)
-        if magic != INDEX_MAGIC or version != FORMAT_VERSION or record != INDEX_RECORD.size:
-            raise CorruptMovie(f"{index_path}: not a version-{FORMAT_VERSION} vod index")
-        if count != self.info.frame_count or len(data) != INDEX_HEADER.size + count * INDEX_RECORD.size:
+        if magic != INDEX_MAGIC or version not in INDEX_RECORDS or record != INDEX_RECORDS[version].size:
+            raise CorruptMovie(f"{index_path}: not a vod index of version 1 or 2")
+        self._record = INDEX_RECORDS[version]
+        self.index_version = version
+        self._has_xxh3 = version >= 2
+        if count != self.info.frame_count or len(data) != INDEX_HEADER.size + count * record:
             raise CorruptMovie(f"{index_path}: holds {len(data)} bytes for {count} frames; "
                                f"metadata says {self.info.frame_count} frames")
         if self._index_sha256 and hashlib.sha256(data).hexdigest() != self._index_sha256:
@@ -151,11 +167,22 @@ class Movie:
     def __len__(self) -> int:
         return self.info.frame_count
 
-    def entry(self, index: int) -> tuple[int, int, bytes]:
-        """(offset, length, sha256 digest) of frame `index`."""
+    def _record_of(self, index: int) -> tuple:
         if not 0 <= index < self.info.frame_count:
             raise IndexError(f"frame {index} is outside movie {self.info.movie_id} (0..{self.info.frame_count - 1})")
-        return INDEX_RECORD.unpack_from(self._index, INDEX_HEADER.size + index * INDEX_RECORD.size)
+        return self._record.unpack_from(self._index, INDEX_HEADER.size + index * self._record.size)
+
+    def entry(self, index: int) -> tuple[int, int, bytes]:
+        """(offset, length, sha256 digest) of frame `index`."""
+        return self._record_of(index)[:3]
+
+    def wire_entry(self, index: int) -> tuple[int, bytes]:
+        """(length, XXH3-128 digest) of frame `index`: what a frame header carries."""
+        record = self._record_of(index)
+        if self._has_xxh3:
+            return record[1], record[3]
+        frame = self._frames[record[0]:record[0] + record[1]]
+        return record[1], xxh3_128_digest(frame) if hashlib.sha256(frame).digest() == record[2] else BAD_DIGEST
 
     def frame(self, index: int) -> bytes:
         offset, length, _ = self.entry(index)
@@ -168,8 +195,10 @@ class Movie:
         """Re-hash every frame; the index of the first that does not match, or None when all do."""
         expected_offset = 0
         for i in range(self.info.frame_count):
-            offset, length, digest = self.entry(i)
-            if offset != expected_offset or hashlib.sha256(self._frames[offset:offset + length]).digest() != digest:
+            offset, length, digest, *xxh3 = self._record_of(i)
+            frame = self._frames[offset:offset + length]
+            if offset != expected_offset or hashlib.sha256(frame).digest() != digest or \
+                    (xxh3 and xxh3_128_digest(frame) != xxh3[0]):
                 return i
             expected_offset = offset + length
             if progress and i % 500 == 499:
@@ -266,7 +295,7 @@ def _write_frames(directory: str, frames: Iterable[bytes], progress: Progress | 
         with open(os.path.join(directory, "frames.bin"), "wb") as out:
             for jpeg in frames:
                 out.write(jpeg)
-                records += INDEX_RECORD.pack(offset, len(jpeg), hashlib.sha256(jpeg).digest())
+                records += INDEX_RECORD.pack(offset, len(jpeg), hashlib.sha256(jpeg).digest(), xxh3_128_digest(jpeg))
                 offset += len(jpeg)
                 count += 1
                 if progress and count % 100 == 0:

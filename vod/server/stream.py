@@ -221,7 +221,7 @@ class StreamConnection(Protocol):
 
     def _write_frame(self, out: SendFrame) -> None:
         movie = self._movie
-        _, length, digest = movie.entry(out.index)
+        length, digest = movie.wire_entry(out.index)
         header = frame_header(self.session.ruid, out.revision, out.index,
                               presentation_us(out.index, movie.info.fps), length, digest)
         self.transport.writeSequence([header, movie.frame(out.index)])

@@ -10,15 +10,24 @@ Server -> client: a 64-byte header, then `length` payload bytes.
 
     offset size field
     0      2    magic b"VF"
-    2      1    version = 1
+    2      1    version = 2 (1 is still read)
     3      1    type: 1 FRAME, 2 END (no more frames for this RUID), 3 ERROR (payload: UTF-8 reason)
     4      8    RUID
     12     4    revision of the strategy the frame was sent under (fencing: older revisions are stale)
     16     4    frame index
     20     8    presentation time in microseconds (index / fps)
     28     4    payload length (at most MAX_FRAME_BYTES)
-    32     32   SHA-256 of the payload (zero for END/ERROR)
+    32     32   checksum of the payload (zero for END/ERROR):
+                version 2: XXH3-128 (seed 0, canonical big-endian) in 16 bytes, then 16 zero bytes
+                version 1: SHA-256
     64     -    payload: the stored JPEG bytes, unchanged
+
+Why XXH3-128 and not SHA-256: the checksum catches damage (a bad disk, a
+buggy sender), not forgery (the stream is opened with the coordinator's
+token, and a forger could recompute any unkeyed digest). SHA-256 costs
+~10 us per 16 KB frame here, as much as the whole rest of a download's
+per-frame work; XXH3-128 costs ~0.5 us (measured in bench/playback.py's
+download rows). The movie store keeps both (vod/media/store.py).
 
 Client -> server: an 8-byte header, then a JSON object (at most MAX_CONTROL_BYTES).
 
@@ -48,9 +57,13 @@ import struct
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from xxhash import xxh3_128_digest
+
 from vod.errors import VodError
 
-VERSION = 1
+VERSION = 1  # of the control messages
+FRAME_VERSION = 2  # of the frame header: 2 carries XXH3-128, 1 carried SHA-256
+FRAME_VERSIONS_READ = (1, 2)
 FRAME_MAGIC = b"VF"
 CONTROL_MAGIC = b"VC"
 FRAME_HEADER = struct.Struct(">2sBBQIIQI32s")
@@ -62,6 +75,8 @@ FRAME, END, ERROR = 1, 2, 3
 HELLO, CREDIT, PAUSE, RESUME, STOP, RESEND = 1, 2, 3, 4, 5, 6
 CONTROL_NAMES = {HELLO: "HELLO", CREDIT: "CREDIT", PAUSE: "PAUSE", RESUME: "RESUME", STOP: "STOP", RESEND: "RESEND"}
 NO_DIGEST = bytes(32)
+DIGEST_SIZE = 16  # XXH3-128
+_DIGEST_PAD = bytes(32 - DIGEST_SIZE)
 
 
 class ProtocolError(VodError):
@@ -75,17 +90,31 @@ class FrameMessage(NamedTuple):
     revision: int
     index: int
     pts_us: int
-    sha256: bytes
+    digest: bytes  # XXH3-128 (16 bytes) from a version-2 header, SHA-256 (32) from a version-1 one
     payload: bytes
 
     def checksum_ok(self) -> bool:
-        return hashlib.sha256(self.payload).digest() == self.sha256
+        return _checksum(self.digest)(self.payload) == self.digest
+
+
+def frame_digest(payload: bytes) -> bytes:
+    """The checksum a version-2 frame header carries: XXH3-128 of the payload."""
+    return xxh3_128_digest(payload)
+
+
+def _checksum(digest: bytes):
+    return xxh3_128_digest if len(digest) == DIGEST_SIZE else _sha256_digest
+
+
+def _sha256_digest(payload: bytes) -> bytes:
+    return hashlib.sha256(payload).digest()
 
 
 def checksums_ok(messages: list[FrameMessage]) -> list[bool]:
     """`checksum_ok` of each FRAME (True for END and ERROR: they carry no digest), in one pass."""
-    sha256, frame = hashlib.sha256, FRAME
-    return [m.type != frame or sha256(m.payload).digest() == m.sha256 for m in messages]
+    xxh, size, frame = xxh3_128_digest, DIGEST_SIZE, FRAME
+    return [m.type != frame or (xxh(m.payload) if len(m.digest) == size else _sha256_digest(m.payload)) == m.digest
+            for m in messages]
 
 
 @dataclass(frozen=True)
@@ -98,25 +127,33 @@ class ControlMessage:
         return CONTROL_NAMES[self.type]
 
 
-def encode_frame(ruid: int, revision: int, index: int, pts_us: int, payload: bytes, sha256: bytes) -> bytes:
-    """Header + payload. `sha256` comes from the movie index: no re-hashing on the send path."""
+def encode_frame(ruid: int, revision: int, index: int, pts_us: int, payload: bytes, digest: bytes) -> bytes:
+    """Header + payload. `digest` comes from the movie index: no hashing on the send path."""
     if len(payload) > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame {index} is {len(payload)} bytes, over {MAX_FRAME_BYTES}")
-    return FRAME_HEADER.pack(FRAME_MAGIC, VERSION, FRAME, ruid, revision, index, pts_us, len(payload), sha256) + payload
+    return frame_header(ruid, revision, index, pts_us, len(payload), digest) + payload
 
 
-def frame_header(ruid: int, revision: int, index: int, pts_us: int, length: int, sha256: bytes) -> bytes:
-    """Just the header, for senders that write the payload separately (no copy of a large frame)."""
-    return FRAME_HEADER.pack(FRAME_MAGIC, VERSION, FRAME, ruid, revision, index, pts_us, length, sha256)
+def frame_header(ruid: int, revision: int, index: int, pts_us: int, length: int, digest: bytes) -> bytes:
+    """Just the header, for senders that write the payload separately (no copy of a large frame).
+
+    A 16-byte `digest` (XXH3-128) makes a version-2 header; a 32-byte one (SHA-256) a version-1 header,
+    as servers before version 2 sent (tests use it to check that clients still read them)."""
+    if len(digest) == DIGEST_SIZE:
+        return FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, FRAME, ruid, revision, index, pts_us, length,
+                                 digest + _DIGEST_PAD)
+    if len(digest) != 32:
+        raise ProtocolError(f"frame {index}: a checksum of {len(digest)} bytes (XXH3-128 is 16, SHA-256 32)")
+    return FRAME_HEADER.pack(FRAME_MAGIC, 1, FRAME, ruid, revision, index, pts_us, length, digest)
 
 
 def encode_end(ruid: int, revision: int, sent: int) -> bytes:
-    return FRAME_HEADER.pack(FRAME_MAGIC, VERSION, END, ruid, revision, sent, 0, 0, NO_DIGEST)
+    return FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, END, ruid, revision, sent, 0, 0, NO_DIGEST)
 
 
 def encode_error(ruid: int, reason: str) -> bytes:
     data = reason.encode("utf-8")[:4096]
-    return FRAME_HEADER.pack(FRAME_MAGIC, VERSION, ERROR, ruid, 0, 0, 0, len(data), NO_DIGEST) + data
+    return FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, ERROR, ruid, 0, 0, 0, len(data), NO_DIGEST) + data
 
 
 def encode_control(type_: int, body: dict[str, Any] | None = None) -> bytes:
@@ -228,9 +265,11 @@ class FrameDecoder:
 
 def _check_header(data: bytes, pos: int) -> int:
     """The payload length of the valid header at `pos`; ProtocolError for anything else."""
-    magic, version, type_, _, _, _, _, length, _ = FRAME_HEADER.unpack_from(data, pos)
-    if magic != FRAME_MAGIC or version != VERSION:
-        raise ProtocolError(f"not a version-{VERSION} frame header (magic {magic!r}, version {version})")
+    magic, version, type_, _, _, _, _, length, digest = FRAME_HEADER.unpack_from(data, pos)
+    if magic != FRAME_MAGIC or version not in FRAME_VERSIONS_READ:
+        raise ProtocolError(f"not a vod frame header of version 1 or 2 (magic {magic!r}, version {version})")
+    if version == 2 and digest[DIGEST_SIZE:] != _DIGEST_PAD:
+        raise ProtocolError("frame header: the 16 bytes after the checksum must be zero")
     if type_ not in (FRAME, END, ERROR):
         raise ProtocolError(f"unknown frame message type {type_}")
     if length > MAX_FRAME_BYTES:
@@ -240,8 +279,10 @@ def _check_header(data: bytes, pos: int) -> int:
 
 def _message(data: bytes, pos: int, length: int) -> FrameMessage:
     """The message whose (checked) header is at `pos` and whose payload follows it in `data`."""
-    _, _, type_, ruid, revision, index, pts_us, _, digest = FRAME_HEADER.unpack_from(data, pos)
+    _, version, type_, ruid, revision, index, pts_us, _, digest = FRAME_HEADER.unpack_from(data, pos)
     start = pos + FRAME_HEADER.size
+    if version == 2:
+        digest = digest[:DIGEST_SIZE]
     return FrameMessage(type_, ruid, revision, index, pts_us, digest, data[start:start + length] if length else b"")
 
 
