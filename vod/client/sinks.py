@@ -21,6 +21,7 @@ from twisted.internet import defer, error as net_error
 from twisted.internet.defer import Deferred
 from twisted.web import resource, server
 
+from vod.client import avi
 from vod.errors import MediaError, UsageError, VodError
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,6 @@ BOUNDARY = "vodframe"
 # Frames a slow HTTP viewer may fall behind (written while its socket pushes back) before it misses frames:
 # a viewer that cannot keep up skips frames instead of making us buffer the movie for it.
 MAX_BEHIND = 8
-SIZE_CHECK_EVERY = 64  # AVI frames between checks that the file really grows (a full disk)
-WRITE_SLACK = 4 * 1024 * 1024  # what FFmpeg may still hold in its buffers
 
 
 # -- the MJPEG AVI file -----------------------------------------------------------------------------
@@ -48,85 +47,72 @@ def check_output_path(path: str) -> None:
 
 
 class MjpegAviWriter:
-    """JPEG frames, unchanged, into an MJPEG AVI, one at a time; atomic: the real name appears only on `close`.
+    """JPEG frames, unchanged, into an MJPEG AVI (`vod.client.avi`); atomic: the real name appears only on `close`.
 
-    OpenCV's FFmpeg writer in raw mode (`VIDEOWRITER_PROP_RAW_VIDEO`) copies
-    the bytes (measured byte-exact, ../shared/notes). It reports a failed
-    write only through `write`'s return value and not at all in `release`,
-    so the file size is checked too: it must hold every JPEG byte given.
     Blocking: run it on the worker thread.
     """
 
-    def __init__(self, path: str, fps: float, size: tuple[int, int] | None = None):
+    def __init__(self, path: str, fps: float, size: tuple[int, int] | None = None, *,
+                 segment_bytes: int = avi.SEGMENT_BYTES):
         check_output_path(path)
         self.path = path
         self.partial = path[:-4] + f".{os.getpid()}.partial.avi"
         self.fps = fps
         self._size = size if size and all(size) else None
-        self._writer = None
+        self._segment_bytes = segment_bytes
+        self._file: avi.MjpegAviFile | None = None
         self.frames = 0
         self.bytes = 0
         try:  # fail now, not after the movie has been fetched
-            with open(self.partial, "wb"):
-                pass
+            self._fd: int | None = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as err:
             raise UsageError(f"--output {path}: cannot create a file in {os.path.dirname(os.path.abspath(path))} "
                              f"({err.strerror})") from None
 
-    def _open_writer(self, first: bytes) -> None:
-        import cv2
-
-        if self._size is None:
-            from vod.media.video import jpeg_size
-
-            self._size = jpeg_size(first)
-            if self._size is None:
-                raise MediaError(f"{self.path}: the first frame is not a decodable JPEG")
-        self._writer = cv2.VideoWriter(self.partial, cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"MJPG"),
-                                       float(self.fps), self._size, [cv2.VIDEOWRITER_PROP_RAW_VIDEO, 1])
-        if not self._writer.isOpened():
-            raise MediaError(f"{self.path}: OpenCV cannot write {self.partial} (permission denied or disk full?)")
-
     def write(self, jpeg: bytes) -> None:
-        import numpy as np
+        self.write_many([jpeg])
 
-        if self._writer is None:
-            self._open_writer(jpeg)
-        if self._writer.write(np.frombuffer(jpeg, np.uint8).reshape(1, -1)) is False:
-            raise self._write_failed()
-        self.frames += 1
-        self.bytes += len(jpeg)
-        if self.frames % SIZE_CHECK_EVERY == 0 and self._on_disk() + WRITE_SLACK < self.bytes:
-            raise self._write_failed()
-
-    def _on_disk(self) -> int:
+    def write_many(self, jpegs: list[bytes]) -> None:
+        if not jpegs:
+            return
         try:
-            return os.path.getsize(self.partial)
-        except OSError:
-            return 0
+            if self._file is None:
+                size = self._size or avi.jpeg_dimensions(jpegs[0])
+                if size is None:
+                    raise MediaError(f"{self.path}: the first frame is not a JPEG with a frame header")
+                self._file = avi.MjpegAviFile(self._fd, size[0], size[1], self.fps,
+                                              segment_bytes=self._segment_bytes)
+            self._file.write_many(jpegs)
+        except OSError as err:
+            raise self._write_failed(err) from None
+        finally:
+            if self._file is not None:
+                self.frames, self.bytes = self._file.frames, self._file.bytes
 
-    def _write_failed(self) -> MediaError:
-        return MediaError(f"--output {self.path}: writing failed after {self.frames} frames "
-                          f"({self._on_disk():,} of {self.bytes:,} bytes on disk): is the disk full? "
-                          "Free some space or write elsewhere")
+    def _write_failed(self, err: OSError) -> MediaError:
+        return MediaError(f"--output {self.path}: writing failed after {self.frames} frames ({err.strerror}): "
+                          "is the disk full? Free some space or write elsewhere")
 
     def close(self) -> int:
         """Finish the file and give it its real name; returns the frame count."""
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-        if self._on_disk() < self.bytes or (self.frames == 0 and self._on_disk() == 0):
-            failed = self._write_failed() if self.frames else MediaError(
-                f"--output {self.path}: no frame was played, so no file was written")
+        if self._file is None:
             self.abort()
-            raise failed
+            raise MediaError(f"--output {self.path}: no frame was played, so no file was written")
+        try:
+            self._file.close()
+            os.fsync(self._fd)
+        except OSError as err:
+            self.abort()
+            raise self._write_failed(err) from None
+        os.close(self._fd)
+        self._fd = None
         os.replace(self.partial, self.path)
         return self.frames
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         try:
             os.unlink(self.partial)
         except FileNotFoundError:
@@ -147,6 +133,9 @@ class AviSink:
 
     def write(self, index: int, jpeg: bytes) -> None:
         self._writer.write(jpeg)
+
+    def write_many(self, frames: list[tuple[int, bytes]]) -> None:
+        self._writer.write_many([jpeg for _, jpeg in frames])
 
     def close(self) -> None:
         if self._writer is not None:
@@ -398,7 +387,7 @@ class Player:
     FIFO keeps the order; reactor sinks write when the job comes back, which is
     in the same order. Frames in hand, with no read ahead of them, go to the
     reactor sinks at once, before the worker's job: an HTTP viewer does not
-    wait for the AVI (whose first write imports OpenCV and opens the file, a
+    wait for the AVI (whose first write opens the file, a
     tenth of a second at start-up).
     """
 
@@ -436,13 +425,14 @@ class Player:
         d.addBoth(self._done, len(frames))
 
     def _in_thread(self, frames: list[tuple[int, bytes | None]]) -> list[tuple[int, bytes]]:
-        out = []
-        for index, payload in frames:
-            if payload is None:
-                payload = self._read_cached(index)
-            for sink in self._threaded:
-                sink.write(index, payload)
-            out.append((index, payload))
+        out = [(index, self._read_cached(index) if payload is None else payload) for index, payload in frames]
+        for sink in self._threaded:
+            write_many = getattr(sink, "write_many", None)
+            if write_many is not None:  # the AVI: one writev for the batch
+                write_many(out)
+            else:
+                for index, payload in out:
+                    sink.write(index, payload)
         return out
 
     def _on_reactor(self, frames: list[tuple[int, bytes]]) -> None:
