@@ -402,7 +402,7 @@ def run_client(system: System, movie: str, domain: str, tag: str, *, fast: bool 
 
 
 def start_profiler(pyspy: str, pid: int, out: str):
-    return subprocess.Popen([pyspy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250", "--threads",
+    return subprocess.Popen([pyspy, "record", "--pid", str(pid), "--format", "raw", "--rate", os.environ.get("VOD_PYSPY_RATE", "250"), "--threads",
                              "--output", out], stdout=subprocess.DEVNULL,
                             stderr=open(out + ".err", "wb"))
 

@@ -46,9 +46,14 @@ FORMAT_VERSION = 2
 LOG_HEADER = struct.Struct(">4sHH")
 LOG_MAGIC = b"VODC"
 RECORD = struct.Struct(">4sII16sI")
+RECORD_HEAD, RECORD_CRC = struct.Struct(">4sII16s"), struct.Struct(">I")  # RECORD in the two parts written
 RECORD_MAGIC = b"VCFR"
-SYNC_EVERY = 256  # records between fsyncs: a crash costs at most these frames, never a wrong one
-WRITE_BATCH = 256  # records per pwritev: two buffers each, well under the system's IOV_MAX (1024 on Linux)
+# Unsynced bytes that make `append_many` fsync by itself. A crash of the process loses nothing written (the
+# kernel has it); a crash of the machine loses at most these bytes' frames, never a wrong one (they fail their
+# check on the next open and are fetched again). The session also syncs with every Progress report (1 s).
+# Syncing every 256 frames (4 MB) stalled a download's writes on the disk for a third of their time.
+SYNC_BYTES = 64 * 1024 * 1024
+WRITE_BATCH = 256  # records per pwritev: three buffers each, under the system's IOV_MAX (1024 on Linux)
 
 
 def default_cache_root() -> str:
@@ -96,7 +101,7 @@ class FrameCache:
         self._fd: int | None = None
         self._index: dict[int, tuple[int, int]] = {}  # frame -> (payload offset, length)
         self._end = 0
-        self._unsynced = 0
+        self._unsynced = 0  # bytes appended since the last fsync
         self.discarded_bytes = 0  # a torn tail cut off when opening
 
     # -- opening -------------------------------------------------------------------------------------
@@ -220,13 +225,15 @@ class FrameCache:
 
     def _write_records(self, frames: list[tuple[int, bytes, bytes]]) -> None:
         buffers, placed, offset = [], [], self._end
+        head_of, crc_of, crc32 = RECORD_HEAD.pack, RECORD_CRC.pack, zlib.crc32
         for index, payload, digest in frames:
             if digest is None or len(digest) != DIGEST_SIZE:
                 digest = xxh3_128_digest(payload)
-            head = RECORD.pack(RECORD_MAGIC, index, len(payload), digest, 0)[:-4]
-            buffers += (head + struct.pack(">I", zlib.crc32(head)), payload)
-            placed.append((index, offset + RECORD.size, len(payload)))
-            offset += RECORD.size + len(payload)
+            length = len(payload)
+            head = head_of(RECORD_MAGIC, index, length, digest)
+            buffers += (head, crc_of(crc32(head)), payload)
+            placed.append((index, offset + RECORD.size, length))
+            offset += RECORD.size + length
         try:
             written = os.pwritev(self._fd, buffers, self._end)
             if written != offset - self._end:
@@ -238,9 +245,9 @@ class FrameCache:
                              "free some space or give another --cache DIR") from None
         for index, at, length in placed:
             self._index[index] = (at, length)
+        self._unsynced += offset - self._end
         self._end = offset
-        self._unsynced += len(frames)
-        if self._unsynced >= SYNC_EVERY:
+        if self._unsynced >= SYNC_BYTES:
             self.sync()
 
     def sync(self) -> None:

@@ -412,7 +412,7 @@ class Player:
         if self.failed or not frames:
             return
         self.in_flight += len(frames)
-        if not self._reads and all(p is not None for _, p in frames):
+        if not self._reads and None not in dict(frames).values():
             d = defer.maybeDeferred(self._on_reactor, frames)
             if self._threaded:
                 d.addCallback(lambda _: self._worker.submit(self._in_thread, frames))

@@ -135,6 +135,7 @@ class Movie:
             if size != self.info.frames_bytes:
                 raise CorruptMovie(f"{frames_path}: {size} bytes, metadata says {self.info.frames_bytes}")
             self._frames = mmap.mmap(self._frames_file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._view = memoryview(self._frames)
         except (OSError, ValueError) as err:  # ValueError: an empty file cannot be mapped
             self._frames_file.close()
             raise CorruptMovie(f"{frames_path}: cannot be mapped ({err})") from None
@@ -188,6 +189,11 @@ class Movie:
         offset, length, _ = self.entry(index)
         return self._frames[offset:offset + length]
 
+    def frame_view(self, index: int) -> memoryview:
+        """Frame `index` without a copy: a slice of the memory map (a server sends it with `sendmsg`)."""
+        offset, length, _ = self.entry(index)
+        return self._view[offset:offset + length]
+
     def frame_sha256(self, index: int) -> bytes:
         return self.entry(index)[2]
 
@@ -206,7 +212,11 @@ class Movie:
         return None
 
     def close(self) -> None:
-        self._frames.close()
+        self._view.release()
+        try:
+            self._frames.close()
+        except BufferError:
+            pass  # a frame_view is still held (a send in progress): the map goes when the last view does
         self._frames_file.close()
 
     def __enter__(self) -> "Movie":

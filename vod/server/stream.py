@@ -2,8 +2,8 @@
 
 `StreamConnection` only moves bytes: control bytes go through
 `ControlDecoder` into the `StreamSession`, and what the session says is due
-goes out as a 64-byte header and the stored JPEG bytes (`writeSequence`, no
-copy into one buffer). It never lets the transport's buffer grow with the
+goes out as a 64-byte header and the stored JPEG bytes (`GatherWriter`: a
+turn's frames in one `sendmsg` from the memory map). It never lets the transport's buffer grow with the
 movie: it is the transport's streaming producer, so a slow client pauses it
 (`pauseProducing`) and a drained buffer resumes it. The server's rate limit
 (a shared `TokenBucket`) and the session's deadlines are waited out with
@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from vod.media.store import Movie
+from vod.server.gather import GatherWriter
 from vod.server.pacing import TokenBucket
 from vod.server.session import ACTIVE, DEFAULT_WAIT, SendEnd, SendFrame, State, Stripe, StreamSession
 from vod.stream.protocol import FRAME_HEADER, ControlDecoder, ProtocolError, encode_end, encode_error, frame_header
@@ -94,6 +95,7 @@ class StreamConnection(Protocol):
         self._greeted = False  # the host knows our RUID
         self._ended_logged = False
         self.bytes_sent = 0
+        self._out: GatherWriter | None = None
 
     # -- the transport's side ----------------------------------------------------------------------
 
@@ -195,7 +197,18 @@ class StreamConnection(Protocol):
         self._schedule(retry_in)
 
     def _write_due(self) -> float | None:
-        """Write what is due now; the seconds after which to look again, None if some input must come first."""
+        """Write what is due now; the seconds after which to look again, None if some input must come first.
+
+        The turn's frames go out together at its end (one `sendmsg` from the memory map, `GatherWriter`)."""
+        if self._out is None:
+            self._out = GatherWriter(self.transport)
+        buffers: list[bytes | memoryview] = []
+        try:
+            return self._collect_due(buffers)
+        finally:
+            self._out.write(buffers)
+
+    def _collect_due(self, buffers: list[bytes | memoryview]) -> float | None:
         budget = self._frames_per_turn
         while (out := self.session.next_output()) is not None:
             if isinstance(out, SendFrame):
@@ -207,24 +220,29 @@ class StreamConnection(Protocol):
                     delay = self._bucket.take(FRAME_HEADER.size + self._movie.entry(out.index)[1])
                     if delay > 0:
                         return delay
-                self._write_frame(out)
+                self._add_frame(out, buffers)
                 budget -= 1
+                if not self._out.direct:
+                    # Through the transport frame by frame, so that its pauseProducing stops us a frame past
+                    # its limit (a direct send leaves the transport at most a turn's frames the socket refused).
+                    self._out.write(buffers)
+                    buffers.clear()
             else:
                 # END and ERROR are a few bytes, once per input at most: they do not wait for the buffer.
                 ruid = self.session.ruid or 0
                 data = (encode_end(ruid, out.revision, out.sent) if isinstance(out, SendEnd)
                         else encode_error(ruid, out.reason))
-                self.transport.write(data)
+                buffers.append(data)
                 self.bytes_sent += len(data)
             self.session.sent(out)
         return None
 
-    def _write_frame(self, out: SendFrame) -> None:
+    def _add_frame(self, out: SendFrame, buffers: list[bytes | memoryview]) -> None:
         movie = self._movie
         length, digest = movie.wire_entry(out.index)
         header = frame_header(self.session.ruid, out.revision, out.index,
                               presentation_us(out.index, movie.info.fps), length, digest)
-        self.transport.writeSequence([header, movie.frame(out.index)])
+        buffers += (header, movie.frame_view(out.index))
         self.bytes_sent += len(header) + length
 
     def _schedule(self, delay: float | None) -> None:

@@ -91,7 +91,7 @@ class FrameMessage(NamedTuple):
     index: int
     pts_us: int
     digest: bytes  # XXH3-128 (16 bytes) from a version-2 header, SHA-256 (32) from a version-1 one
-    payload: bytes
+    payload: bytes | memoryview  # a FRAME's JPEG, often a slice of the read it came in (FrameDecoder)
 
     def checksum_ok(self) -> bool:
         return _checksum(self.digest)(self.payload) == self.digest
@@ -248,12 +248,16 @@ class FrameDecoder:
             out.append(_message(message, 0, length))
             self._parts, self._held, self._need = [], 0, FRAME_HEADER.size
         end = len(data)
-        while end - pos >= FRAME_HEADER.size:
+        # Payloads are slices of a memoryview of the read: no copy of each frame (a download's frames are most
+        # of its bytes; the read's buffer lives while any of its frames does).
+        view = memoryview(data)
+        size = FRAME_HEADER.size
+        while end - pos >= size:
             length = _check_header(data, pos)
-            stop = pos + FRAME_HEADER.size + length
+            stop = pos + size + length
             if stop > end:
                 break
-            out.append(_message(data, pos, length))
+            out.append(_message(view, pos, length))
             pos = stop
         if pos < end:
             rest = data[pos:]
@@ -277,13 +281,17 @@ def _check_header(data: bytes, pos: int) -> int:
     return length
 
 
-def _message(data: bytes, pos: int, length: int) -> FrameMessage:
-    """The message whose (checked) header is at `pos` and whose payload follows it in `data`."""
+def _message(data: bytes | memoryview, pos: int, length: int) -> FrameMessage:
+    """The message whose (checked) header is at `pos` and whose payload follows it in `data`: a FRAME's payload
+    is a slice of `data` (a memoryview slice when `data` is one), an END's or ERROR's is bytes."""
     _, version, type_, ruid, revision, index, pts_us, _, digest = FRAME_HEADER.unpack_from(data, pos)
     start = pos + FRAME_HEADER.size
     if version == 2:
         digest = digest[:DIGEST_SIZE]
-    return FrameMessage(type_, ruid, revision, index, pts_us, digest, data[start:start + length] if length else b"")
+    payload = data[start:start + length] if length else b""
+    if type_ != FRAME:
+        payload = bytes(payload)
+    return FrameMessage(type_, ruid, revision, index, pts_us, digest, payload)
 
 
 class ControlDecoder:
