@@ -1,11 +1,14 @@
 """Helper of bench/playback.py: a plain TCP pump of a stored movie's bytes over loopback (the ceiling).
 
-    python bench/_playback_pump.py receive --senders N --bytes B      prints its port, then one JSON line
+    python bench/_playback_pump.py receive --senders N --bytes B [--output FILE]
+                                                                    prints its port, then one JSON line
     python bench/_playback_pump.py send --port P --store S --movie M --stripe I --of N
 
 Senders are separate processes (as servers are), each a blocking socket that writes its stripe's JPEG
 frames (frames I, I+N, I+2N, ...) one `sendall` per frame, straight from the store's memory map: no
-protocol, no header, no checksum, no pacing. The receiver is a bare Twisted protocol that counts bytes.
+protocol, no header, no checksum, no pacing. The receiver is a bare Twisted protocol that counts bytes
+and, with --output, writes each read to FILE as it comes (`os.write` on the reactor: the simplest download
+to disk, the ceiling for a vod download that writes an AVI or its cache).
 The clock starts when every sender is connected (the receiver then sends each a "go" byte), and stops
 when the receiver has counted B bytes, so process start-up is not timed.
 """
@@ -23,10 +26,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def receive(senders: int, total: int) -> int:
+def receive(senders: int, total: int, output: str | None = None) -> int:
     from twisted.internet import protocol, reactor
 
     state = {"conns": [], "got": 0, "t0": None, "t1": None}
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644) if output else None
 
     class Counter(protocol.Protocol):
         def connectionMade(self):
@@ -37,6 +41,8 @@ def receive(senders: int, total: int) -> int:
                     c.transport.write(b"g")
 
         def dataReceived(self, data):
+            if fd is not None:
+                os.write(fd, data)
             state["got"] += len(data)
             if state["got"] >= total and state["t1"] is None:
                 state["t1"] = time.perf_counter()
@@ -49,6 +55,8 @@ def receive(senders: int, total: int) -> int:
     t_cpu = time.process_time()
     reactor.run()
     cpu = time.process_time() - t_cpu
+    if fd is not None:
+        os.close(fd)
     print(json.dumps({"bytes": state["got"], "seconds": (state["t1"] or time.perf_counter()) - (state["t0"] or 0),
                       "complete": state["got"] >= total, "receiver_cpu_s": cpu}), flush=True)
     return 0
@@ -81,6 +89,7 @@ def main() -> int:
     r = sub.add_parser("receive")
     r.add_argument("--senders", type=int, required=True)
     r.add_argument("--bytes", type=int, required=True)
+    r.add_argument("--output", help="write what is received to this file")
     s = sub.add_parser("send")
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--store", required=True)
@@ -89,7 +98,7 @@ def main() -> int:
     s.add_argument("--of", type=int, required=True)
     args = ap.parse_args()
     if args.cmd == "receive":
-        return receive(args.senders, args.bytes)
+        return receive(args.senders, args.bytes, args.output)
     return send(args.port, args.store, args.movie, args.stripe, args.of)
 
 

@@ -45,7 +45,9 @@ nothing about timing.
    stays in the replicated request book. "rate 1st s / last s" shows the admission rate in the
    first and the last second of the phase, to show a trend within one run. Each phase starts once
    every client is joined again (overload costs reconnections). The CPU each process used in each
-   phase is read from /proc, so what saturates is visible next to the rates.
+   phase is read from /proc, so what saturates is visible next to the rates, and so is the CPU that
+   "other processes" (anything else on the machine) took from the same cores meanwhile.
+   --no-overload skips "open" and "cycle" (a short run of the paced latency alone).
 
 Usage: .venv/bin/python bench/strategy.py [--compute-only | --admission-only] [--json]
 """
@@ -84,6 +86,7 @@ ADMIT_TARGET_RATE = 1000.0
 ADMIT_TARGET_P99_MS = 20.0
 PACED_KEPT_UP = 0.98  # the paced phase meets the rate target if it admits this share of the offered rate
 PACED_MAX_OUTSTANDING = 5_000  # the paced phase sends no more while this many requests are unanswered
+OTHERS = "other processes"  # in the CPU shares: the machine's busy time not used by the bench's processes
 SERVE_FLAG = "--serve-members"  # internal: this file run as the child process holding the scripted servers
 
 
@@ -418,12 +421,23 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
             out[label] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
         except (OSError, IndexError, ValueError):
             pass
+    try:
+        with open("/proc/stat") as f:
+            # The machine's busy time (all but idle and iowait): what is left after the bench's own
+            # processes is other work on the same cores, which the latencies suffer from too.
+            ticks = [int(x) for x in f.readline().split()[1:9]]
+        out[OTHERS] = (sum(ticks) - ticks[3] - ticks[4]) / tick
+    except (OSError, ValueError):
+        pass
     return out
 
 
 def cpu_share(before: dict[str, float], after: dict[str, float], elapsed: float) -> dict[str, float]:
-    """Percent of one core each process used over `elapsed` seconds."""
-    return {k: round((after[k] - before[k]) / elapsed * 100) for k in after if k in before and elapsed > 0}
+    """Percent of one core each process used over `elapsed` seconds; OTHERS: the rest of the machine."""
+    share = {k: round((after[k] - before[k]) / elapsed * 100) for k in after if k in before and elapsed > 0}
+    if OTHERS in share:
+        share[OTHERS] = max(0, share[OTHERS] - sum(v for k, v in share.items() if k != OTHERS))
+    return share
 
 
 async def admission(reactor, cluster, args, progress, pids: dict[str, int]) -> dict:

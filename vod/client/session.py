@@ -64,13 +64,18 @@ REFETCH_ROUNDS = 1  # reconnections to servers that still owe frames before givi
 STRATEGY_PATIENCE = 5.0  # seconds to wait for the strategy before asking again
 OPEN_ATTEMPTS = 3
 JOIN_TIMEOUT = 10.0
-MAX_IN_FLIGHT = 32  # frames handed to the sinks but not written yet (bounds memory in fast mode)
+MAX_IN_FLIGHT = 32  # frames handed to the sinks but not written yet (bounds memory)
+# In a download, a quarter of the credit window: the worker then writes the AVI or the cache in batches of
+# hundreds of frames, not 32 (each batch is a thread round trip and a wakeup of the reactor).
+FAST_IN_FLIGHT_SHARE = 4
 # The credit window of a download (--fast): frames the servers may send beyond the playhead. The play-mode
 # default, twice the lead (96 frames at 24 fps, 1.5 MB of 640x360 JPEGs), costs a credit round trip every
-# 0.4 MB on loopback, where the servers then wait for it; 512 frames (8 MB here) keeps them sending. Memory
-# stays bounded for big pictures too: at most FAST_BUFFER_BYTES of JPEGs at an (ample) bit per pixel.
-FAST_BUFFER_FRAMES = 512
-FAST_BUFFER_BYTES = 32 * 1024 * 1024
+# 0.4 MB on loopback, where the servers then wait for it. Credit moves by a quarter of the window; each move
+# is a CREDIT to every server and a wakeup of each on this machine's two cores, so a wide window pays:
+# 2,048 frames (36 MB of 640x360 JPEGs) sends a quarter as many CREDITs as 512 did. Memory stays bounded for
+# big pictures too: at most FAST_BUFFER_BYTES of JPEGs at an (ample) bit per pixel.
+FAST_BUFFER_FRAMES = 2048
+FAST_BUFFER_BYTES = 64 * 1024 * 1024
 CLOSE_PATIENCE = 5.0  # seconds the last coordinator calls (CDone, Cancel, Leave) may take
 
 
@@ -161,6 +166,7 @@ class PlaybackSession(SerialInputs):
         self.cdone_sent = False
         self.local = False
         self._player: Player | None = None
+        self._max_in_flight = MAX_IN_FLIGHT
         self._early: dict[int, StrategyAssigned] = {}  # strategies that came before the OpenRequest answer
         self._open_attempts = 0
         self._refetches = 0
@@ -373,6 +379,8 @@ class PlaybackSession(SerialInputs):
         self.buffer = PlayoutBuffer(meta.frame_count, meta.fps, wanted, held, self._clock, lead=self.options.lead,
                                     buffer_frames=buffer_frames, startup_frames=startup,
                                     fast=self.options.fast, gated=gated)
+        if self.options.fast:
+            self._max_in_flight = max(MAX_IN_FLIGHT, self.buffer.buffer_frames // FAST_IN_FLIGHT_SHARE)
         if self._pause_wanted:
             self.buffer.pause()
         read = self._cache.read if self._cache is not None else None
@@ -673,7 +681,7 @@ class PlaybackSession(SerialInputs):
         if self.buffer is None or self._player is None or self.state in FINAL or self.state is PlayState.CLOSING:
             return
         now = self._clock.seconds()
-        room = MAX_IN_FLIGHT - self._player.in_flight
+        room = self._max_in_flight - self._player.in_flight
         if room > 0:
             self._player.play_many(self.buffer.frames_due(now, limit=room))
         self._grant_credit()
