@@ -255,3 +255,33 @@ def test_any_arrival_order_plays_every_frame_once_in_order(order, dups, gaps):
     assert buf.stats.stall_ms >= 0 and 0 <= buf.stats.rebuffer_ratio < 1
     # the schedule never runs ahead: total play time = frames / fps + stalls
     assert buf.playout_deadline(29) == pytest.approx(buf._start + 2.9 + buf.stats.stall_ms / 1000)
+
+
+@given(st.data())
+@settings(max_examples=80, deadline=None)
+def test_fast_mode_hands_out_the_program_in_order_whatever_the_batches(data):
+    """A download's path (receive_many, runs handed out at once, limits) plays exactly the program, in order,
+    once each, held frames as None; and receive_many agrees with receive, frame by frame."""
+    n = data.draw(st.integers(1, 60))
+    held = FrameMask.from_indices(n, data.draw(st.sets(st.integers(0, n - 1))))
+    extra = FrameMask.from_indices(n, data.draw(st.sets(st.integers(0, n - 1))))
+    wanted = held.missing() - extra  # frames neither held nor wanted are not in the program
+    program = sorted(set(held) | set(wanted))
+    order = data.draw(st.permutations(range(n)))  # unwanted and held frames arrive too: dropped
+    clock, batch = make(n, held=held, wanted=wanted, fast=True)
+    _, single = make(n, held=held, wanted=wanted, fast=True)
+    played = []
+    pos = 0
+    while pos < len(order):
+        size = data.draw(st.integers(1, 8))
+        frames = [(i, bytes([i % 256])) for i in order[pos:pos + size]]
+        pos += size
+        assert batch.receive_many(frames, "s1") == [single.receive(i, p, "s1") for i, p in frames]
+        played += batch.frames_due(clock.seconds(), limit=data.draw(st.integers(1, 10)))
+    while not batch.finished:
+        played += batch.frames_due(clock.seconds(), limit=3)
+    assert [i for i, _ in played] == program
+    assert [i for i, p in played if p is None] == sorted(held)
+    assert all(p == bytes([i % 256]) for i, p in played if p is not None)
+    assert batch.stats.frames_played == len(program) and batch.stats.frames_received == wanted.count()
+    assert (batch.stats.duplicates, batch.stats.unwanted) == (single.stats.duplicates, single.stats.unwanted)

@@ -204,27 +204,42 @@ class PlayoutBuffer:
 
     def receive(self, index: int, payload: bytes, source: str) -> Arrival:
         """A verified frame from `source`; duplicates and unwanted frames are counted and dropped."""
-        if not (isinstance(index, int) and 0 <= index < self.frame_count) or not self._wanted[index]:
-            if 0 <= index < self.frame_count and self._held[index]:
-                self.stats.duplicates += 1
-                return Arrival.DUPLICATE
-            self.stats.unwanted += 1
-            return Arrival.UNWANTED
-        if self._held[index]:
+        return self.receive_many([(index, payload)], source)[0]
+
+    def receive_many(self, frames: list[tuple[int, bytes]], source: str) -> list[Arrival]:
+        """`receive` of each of one read's frames from `source`, in order; the same outcomes, at one time
+        (a download brings dozens of frames a read: one clock reading and one start check for all)."""
+        out: list[Arrival] = []
+        held, wanted, payloads, count = self._held, self._wanted, self._payloads, self.frame_count
+        now: float | None = None
+        taken = 0
+        for index, payload in frames:
+            if not (isinstance(index, int) and 0 <= index < count) or not wanted[index] or held[index]:
+                out.append(self._reject(index))
+                continue
+            held[index] = 1
+            taken += 1
+            if index < self._playhead:
+                self.stats.late += 1
+                out.append(Arrival.LATE)
+                continue
+            payloads[index] = payload
+            if index == self._playhead and self._start is not None and not self.fast:
+                now = self._clock.seconds() if now is None else now
+                self._late_at_playhead(now)
+            out.append(Arrival.ACCEPTED)
+        if taken:
+            self.stats.frames_received += taken
+            self.stats.per_server[source] = self.stats.per_server.get(source, 0) + taken
+            self._maybe_start(self._clock.seconds() if now is None else now)
+        return out
+
+    def _reject(self, index: int) -> Arrival:
+        if isinstance(index, int) and 0 <= index < self.frame_count and self._held[index]:
             self.stats.duplicates += 1
             return Arrival.DUPLICATE
-        now = self._clock.seconds()
-        self._held[index] = 1
-        self.stats.frames_received += 1
-        self.stats.per_server[source] = self.stats.per_server.get(source, 0) + 1
-        if index < self._playhead:
-            self.stats.late += 1
-            return Arrival.LATE
-        self._payloads[index] = payload
-        if index == self._playhead and self._start is not None and not self.fast:
-            self._late_at_playhead(now)
-        self._maybe_start(now)
-        return Arrival.ACCEPTED
+        self.stats.unwanted += 1
+        return Arrival.UNWANTED
 
     def _late_at_playhead(self, now: float) -> None:
         """The playhead's frame is in: if that is after its deadline, it cost a stall, and the schedule shifts."""
@@ -304,6 +319,8 @@ class PlayoutBuffer:
             return []
         self._maybe_start(now)
         out: list[tuple[int, bytes | None]] = []
+        if self.fast and self._start is not None:
+            self._hand_out_runs(out, limit)
         while self._start is not None and self._playhead < self.frame_count and (limit is None or len(out) < limit):
             index = self._playhead
             if not self._held[index]:
@@ -329,6 +346,20 @@ class PlayoutBuffer:
             self._advance()
         self.stats.played_ms = self.stats.frames_played * 1000.0 / self.fps
         return out
+
+    def _hand_out_runs(self, out: list[tuple[int, bytes | None]], limit: int | None) -> None:
+        """Fast mode: what the loop of `frames_due` does frame by frame, for runs of held frames of the program
+        at once (no deadlines to check); stops where that loop has something to decide."""
+        count, pop = self.frame_count, self._payloads.pop
+        while self._playhead < count and (limit is None or len(out) < limit):
+            start = self._playhead
+            stop = count if limit is None else min(count, start + limit - len(out))
+            end = min(_find(self._held, 0, start, stop), _find(self._program, 0, start, stop))
+            if end == start:
+                return
+            out += [(index, pop(index, None)) for index in range(start, end)]
+            self.stats.frames_played += end - start
+            self._playhead = _find(self._program, 1, end, count)
 
     def _advance(self) -> None:
         self._playhead = _find(self._program, 1, self._playhead + 1, self.frame_count)

@@ -502,16 +502,15 @@ class PlaybackSession(SerialInputs):
                     self._trace.frame(message.index, feed.server_id, message.revision,
                                       self.buffer.holds(message.index), "ignored")
             return
-        to_cache, accepted = [], False
-        receive, server = self.buffer.receive, feed.server_id
-        for message in messages:
-            arrival = receive(message.index, message.payload, server)
-            if self._trace is not None:
+        server = feed.server_id
+        arrivals = self.buffer.receive_many([(m.index, m.payload) for m in messages], server)
+        if self._trace is not None:
+            for message, arrival in zip(messages, arrivals):
                 self._trace.frame(message.index, server, message.revision, arrival is Arrival.DUPLICATE,
                                   arrival.value)
-            if arrival is Arrival.ACCEPTED or arrival is Arrival.LATE:
-                to_cache.append((message.index, message.payload, message.digest))
-                accepted = accepted or arrival is Arrival.ACCEPTED
+        accepted = Arrival.ACCEPTED in arrivals
+        to_cache = [(m.index, m.payload, m.digest) for m, arrival in zip(messages, arrivals)
+                    if arrival is Arrival.ACCEPTED or arrival is Arrival.LATE] if self._cache is not None else []
         if to_cache and self._cache is not None:
             self._worker.submit(self._cache.append_many, to_cache).addErrback(self._cache_failed)
         if accepted and not self._started_sent:

@@ -230,6 +230,7 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[FrameMessage]:
         out: list[FrameMessage] = []
         pos = 0
+        size = FRAME_HEADER.size
         while self._parts:
             # Complete the pending message from the head of `data` (joining only those bytes).
             take = self._need - self._held
@@ -241,35 +242,37 @@ class FrameDecoder:
             self._parts.append(data[pos:pos + take])
             pos += take
             message = b"".join(self._parts)
-            length = _check_header(message, 0)
-            if len(message) < FRAME_HEADER.size + length:
-                self._parts, self._held, self._need = [message], len(message), FRAME_HEADER.size + length
+            head = _checked_header(message, 0)
+            if len(message) < size + head[LENGTH]:
+                self._parts, self._held, self._need = [message], len(message), size + head[LENGTH]
                 continue
-            out.append(_message(message, 0, length))
-            self._parts, self._held, self._need = [], 0, FRAME_HEADER.size
+            out.append(_message(head, message, size))
+            self._parts, self._held, self._need = [], 0, size
         end = len(data)
         # Payloads are slices of a memoryview of the read: no copy of each frame (a download's frames are most
         # of its bytes; the read's buffer lives while any of its frames does).
         view = memoryview(data)
-        size = FRAME_HEADER.size
         while end - pos >= size:
-            length = _check_header(data, pos)
-            stop = pos + size + length
+            head = _checked_header(data, pos)
+            stop = pos + size + head[LENGTH]
             if stop > end:
                 break
-            out.append(_message(view, pos, length))
+            out.append(_message(head, view, pos + size))
             pos = stop
         if pos < end:
             rest = data[pos:]
             self._parts, self._held = [rest], len(rest)
-            self._need = FRAME_HEADER.size + _check_header(rest, 0) if len(rest) >= FRAME_HEADER.size \
-                else FRAME_HEADER.size
+            self._need = size + _checked_header(rest, 0)[LENGTH] if len(rest) >= size else size
         return out
 
 
-def _check_header(data: bytes, pos: int) -> int:
-    """The payload length of the valid header at `pos`; ProtocolError for anything else."""
-    magic, version, type_, _, _, _, _, length, digest = FRAME_HEADER.unpack_from(data, pos)
+LENGTH = 7  # the payload length's place in an unpacked FRAME_HEADER
+
+
+def _checked_header(data: bytes, pos: int) -> tuple:
+    """The unpacked header at `pos`, checked; ProtocolError for anything but a valid header."""
+    head = FRAME_HEADER.unpack_from(data, pos)
+    magic, version, type_, _, _, _, _, length, digest = head
     if magic != FRAME_MAGIC or version not in FRAME_VERSIONS_READ:
         raise ProtocolError(f"not a vod frame header of version 1 or 2 (magic {magic!r}, version {version})")
     if version == 2 and digest[DIGEST_SIZE:] != _DIGEST_PAD:
@@ -278,14 +281,13 @@ def _check_header(data: bytes, pos: int) -> int:
         raise ProtocolError(f"unknown frame message type {type_}")
     if length > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {length} bytes announced, over {MAX_FRAME_BYTES}")
-    return length
+    return head
 
 
-def _message(data: bytes | memoryview, pos: int, length: int) -> FrameMessage:
-    """The message whose (checked) header is at `pos` and whose payload follows it in `data`: a FRAME's payload
+def _message(head: tuple, data: bytes | memoryview, start: int) -> FrameMessage:
+    """The message of the checked header `head`, whose payload starts at `start` in `data`: a FRAME's payload
     is a slice of `data` (a memoryview slice when `data` is one), an END's or ERROR's is bytes."""
-    _, version, type_, ruid, revision, index, pts_us, _, digest = FRAME_HEADER.unpack_from(data, pos)
-    start = pos + FRAME_HEADER.size
+    _, version, type_, ruid, revision, index, pts_us, length, digest = head
     if version == 2:
         digest = digest[:DIGEST_SIZE]
     payload = data[start:start + length] if length else b""
