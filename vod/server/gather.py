@@ -7,9 +7,10 @@ servers spent more of their CPU on those copies than on anything else. So
 when the transport has nothing buffered (nothing of ours could be overtaken)
 the buffers go to the socket directly, scatter/gather; whatever the socket
 does not take at once (its send buffer is full) goes to the transport, which
-keeps it in order, sends it when the socket drains, and pauses its producer
-as usual. Order is kept because a direct send only happens when the
-transport's buffer is empty.
+keeps it in order and sends it when the socket drains (a download's
+connection then pauses until the transport has sent everything, so that its
+next turn goes directly again). Order is kept because a direct send only
+happens when the transport's buffer is empty.
 
 The transport's buffer is read from Twisted's `FileDescriptor` attributes
 (`dataBuffer`, `offset`, `_tempDataLen`); a transport without them (a test's
@@ -43,19 +44,19 @@ class GatherWriter:
         t = self._transport
         return t._tempDataLen == 0 and len(t.dataBuffer) - t.offset <= 0
 
-    def write(self, buffers: Sequence[bytes | memoryview]) -> None:
-        """Send `buffers` in order (bytes or memoryviews, e.g. slices of a memory map)."""
+    def write(self, buffers: Sequence[bytes | memoryview]) -> bool:
+        """Send `buffers` in order (bytes or memoryviews, e.g. slices of a memory map); True when some of
+        them wait in the transport's buffer."""
         if not buffers:
-            return
+            return False
         sent = 0
         if self._socket is not None and self._transport_idle() and getattr(self._transport, "connected", False):
             sent = self._send_direct(buffers)
-        if sent == 0:
-            self._transport.writeSequence([bytes(b) if not isinstance(b, bytes) else b for b in buffers])
-            return
-        rest = _after(buffers, sent)
+        rest = _after(buffers, sent) if sent else buffers
         if rest:
-            self._transport.writeSequence(rest)
+            # One bytes object, the one copy: Twisted joins a buffer of one piece without copying it again.
+            self._transport.write(b"".join(rest))
+        return bool(rest)
 
     def _send_direct(self, buffers: Sequence[bytes | memoryview]) -> int:
         total = 0
@@ -76,14 +77,11 @@ class GatherWriter:
         return total
 
 
-def _after(buffers: Sequence[bytes | memoryview], skip: int) -> list[bytes]:
-    """The bytes of `buffers` after the first `skip`, as bytes objects (what `transport.write` takes)."""
-    out: list[bytes] = []
-    for b in buffers:
+def _after(buffers: Sequence[bytes | memoryview], skip: int) -> list[bytes | memoryview]:
+    """`buffers` without their first `skip` bytes (a partly sent buffer becomes a memoryview of its rest)."""
+    for i, b in enumerate(buffers):
         n = len(b)
-        if skip >= n:
-            skip -= n
-            continue
-        out.append(bytes(b[skip:]) if skip or not isinstance(b, bytes) else b)
-        skip = 0
-    return out
+        if skip < n:
+            return [memoryview(b)[skip:], *buffers[i + 1:]] if skip else list(buffers[i:])
+        skip -= n
+    return []

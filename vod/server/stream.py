@@ -103,6 +103,7 @@ class StreamConnection(Protocol):
         peer = self.transport.getPeer()
         self._peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.transport.registerProducer(self, True)
+        self._out = GatherWriter(self.transport)
         self.host.opened(self)
         self._pump()
 
@@ -206,7 +207,13 @@ class StreamConnection(Protocol):
         try:
             return self._collect_due(buffers)
         finally:
-            self._out.write(buffers)
+            if self._out.write(buffers) and self.session.mode == "fast":
+                # The socket refused part of a download's turn and the transport holds it: wait until the
+                # transport has sent it all (it resumes a paused producer then) and go direct again, rather
+                # than copying turn after turn into its buffer. (Its bufferSize cannot say "pause at any
+                # byte": Twisted also reads that many bytes at a time, and a read of 0 is a closed socket.)
+                self._transport_full = True
+                self.transport.producerPaused = True
 
     def _collect_due(self, buffers: list[bytes | memoryview]) -> float | None:
         budget = self._frames_per_turn
@@ -282,10 +289,12 @@ class StreamConnection(Protocol):
                 log.warning("connection from %s closed before any stream: %s", self._peer, session.error)
             return
         took = self._clock.seconds() - self._started_at if self._started_at is not None else 0.0
+        direct = self._out.direct_bytes if self._out is not None else 0
         log.log(logging.WARNING if session.error else logging.INFO,
-                "stream end: RUID %s, client %s at %s: %d frames (%s) sent in %.2f s, revision %d; %s",
-                "-" if session.ruid is None else session.ruid, session.client or "-", self._peer,
-                session.frames_sent, _human_bytes(self.bytes_sent), took, session.revision,
+                "stream end: RUID %s, client %s at %s: %d frames (%s, %d%% sent without a copy) sent in %.2f s, "
+                "revision %d; %s", "-" if session.ruid is None else session.ruid, session.client or "-",
+                self._peer, session.frames_sent, _human_bytes(self.bytes_sent),
+                round(100 * direct / self.bytes_sent) if self.bytes_sent else 0, took, session.revision,
                 session.end_reason or "closed")
 
 
