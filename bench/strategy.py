@@ -47,7 +47,8 @@ nothing about timing.
    every client is joined again (overload costs reconnections). The CPU each process used in each
    phase is read from /proc, so what saturates is visible next to the rates, and so is the CPU that
    "other processes" (anything else on the machine) took from the same cores meanwhile.
-   --no-overload skips "open" and "cycle" (a short run of the paced latency alone).
+   --no-overload skips "open" and "cycle" (a short run of the paced latency alone); --paced-times DIR
+   keeps each paced request's times, to see whether a tail is one stall or spread over the phase.
 
 Usage: .venv/bin/python bench/strategy.py [--compute-only | --admission-only] [--json]
 """
@@ -279,6 +280,9 @@ def serve_members(argv: list[str]) -> int:
 
     reactor.callWhenRunning(lambda: defer.ensureDeferred(up()).addErrback(failed))
     threading.Thread(target=wait_stdin, daemon=True).start()
+    # As for the clients: left at the defaults, this process's full collections (every strategy it was
+    # pushed stays in its members' logs) took 30-90 ms of a core at a time, out of the coordinators' two.
+    tune_gc(reactor)
     reactor.run()
     return 0
 
@@ -604,11 +608,13 @@ async def admission(reactor, cluster, args, progress, pids: dict[str, int]) -> d
                         "push_from_send_p50_ms": round(pct(push_from_send, 50), 2),
                         "push_from_send_p99_ms": round(pct(push_from_send, 99), 2)})
         phases.append(row)
-        if os.environ.get("VOD_TRACE_DIR"):  # per-request times for lining up with the replicas' probes
+        if args.paced_times:
+            # Epoch times, to line up with the replicas' logs: where a tail comes from (one stall, or
+            # spread over the phase) shows in the series, not in the percentiles.
             off = time.time() - time.perf_counter()
-            with open(os.path.join(os.environ["VOD_TRACE_DIR"], f"bench-paced-{frames}.json"), "w") as f:
-                json.dump([{"client": c["client"].id, "ruid": c["ruid"], "due": c["t_due"] + off, "sent": c["t0"] + off,
-                            "answered": c["t1"] + off,
+            with open(os.path.join(args.paced_times, f"paced-{frames}.json"), "w") as f:
+                json.dump([{"client": c["client"].id, "ruid": c["ruid"], "due": c["t_due"] + off,
+                            "sent": c["t0"] + off, "answered": c["t1"] + off,
                             "pushed": (c["client"].pushed[c["ruid"]] + off) if c["ruid"] in c["client"].pushed
                             else None} for c in calls], f)
         progress(f"admission: paced {frames} frames at {rate:g}/s offered: {row['rate']} req/s achieved, "
@@ -725,7 +731,7 @@ def run_admission(args, workdir: str) -> dict:
         reactor.callWhenRunning(run)
         # The clients live in this process: their garbage collector's pauses would count as admission
         # latency. Tuned as the coordinator tunes its own (a real client process is small and short-lived).
-        tune_gc()
+        tune_gc(reactor)
         reactor.run()
         result = outcome.get("result")
         if result is None:
@@ -885,6 +891,9 @@ def main() -> int:
                     help="offered rate of the paced (open-loop) admission phase, requests/s (0: no paced phase)")
     ap.add_argument("--paced-seconds", type=float, default=None,
                     help="seconds of the paced phase (default: --seconds)")
+    ap.add_argument("--paced-times", metavar="DIR", default=None,
+                    help="write each paced request's times (due, sent, answered, strategy pushed; epoch "
+                         "seconds) to DIR/paced-FRAMES.json")
     ap.add_argument("--no-overload", action="store_true",
                     help="skip the overload phases (\"open\", \"cycle\"): only \"1 in flight\" and \"paced\"")
     ap.add_argument("--floor-seconds", type=float, default=2.0,

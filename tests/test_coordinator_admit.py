@@ -130,6 +130,21 @@ def test_placement_settings_come_from_the_command():
     assert strategy.backups == ("s3", "s4")
 
 
+def test_a_wanted_mask_found_valid_once_is_still_checked_against_each_movie():
+    m = new_machine()
+    m.apply(gc.put_cmd(rq.MOVIES_TABLE, "short", {"frame_count": N // 2, "fps": 24}))
+    whole = rq.mask_to_text(FrameMask.full(N))
+    admit(m, "r1", wanted=whole)  # valid for "m", remembered
+    before = m.snapshot()
+    command = dict(rq.admit_cmd("r2", "cl", "short", whole, rq.placement_settings()), at=5.0)
+    with pytest.raises(BadCommand, match="wanted mask covers"):
+        m.apply(as_logged(command))
+    assert m.snapshot() == before
+    for request_id in ("r3", "r4"):  # an empty mask is refused every time, not remembered
+        with pytest.raises(BadCommand, match="empty"):
+            admit(m, request_id, wanted=rq.mask_to_text(FrameMask(N)))
+
+
 def test_a_retry_gets_the_same_ruid_and_no_second_strategy():
     m = new_machine()
     ruid = admit(m)["events"][0]["ruid"]

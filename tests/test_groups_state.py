@@ -558,3 +558,24 @@ def test_replicas_agree_and_views_are_virtually_synchronous(seed):
     observer.check_each_member_stream_is_gapless()
     assert observer.delivered, "the random run never delivered a cast"
     assert observer.gone, "the random run never removed a member"
+
+
+def test_a_checked_step_changes_the_state_as_the_command_would():
+    # The request book applies its RUID, video group create and dissolve as steps, without a command dict.
+    by_command, by_step = state_with("a", "b"), state_with("a", "b")
+    for command, (op, fields) in [(next_ruid_cmd(), ("next_ruid", {})),
+                                  (create_group_cmd("video:1", ["b", "a"]), ("create_group", {"name": "video:1",
+                                                                                              "members": ("b", "a")})),
+                                  (dissolve_group_cmd("video:1"), ("dissolve_group", {"name": "video:1"}))]:
+        assert by_step.apply_step(op, **fields) == by_command.apply(command)
+        assert by_step.snapshot() == by_command.snapshot()  # last_applied counted the same way too
+
+
+def test_rows_and_tables_are_handed_out_as_copies():
+    state = GroupState()
+    state.apply(put_cmd("movies", "m", {"frame_count": 5, "tags": ["a"], "size": {"w": 1}}))
+    row = state.row("movies", "m")
+    row["tags"].append("b")
+    row["size"]["w"] = 2
+    assert state.row("movies", "m") == {"frame_count": 5, "tags": ["a"], "size": {"w": 1}}
+    assert state.row("movies", "absent") is None and state.row("no table", "m") is None

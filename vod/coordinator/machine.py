@@ -69,9 +69,12 @@ class GroupMachine:
                 recipients = self.state.recipients(event)
             data = event_to_dict(event)  # one dict per event, shared by the result, the pushes and outboxes
             events.append(data)
+            outboxes, limit = self._outboxes, self._outbox_limit  # (inlined: ~a dozen outboxes per admission)
             for member_id in recipients:
-                box = self._outbox(member_id)
-                if len(box) == self._outbox_limit:
+                box = outboxes.get(member_id)
+                if box is None:
+                    box = outboxes[member_id] = deque(maxlen=limit)
+                elif len(box) == limit:
                     self._truncated.add(member_id)  # its oldest event is dropped now
                 box.append(data)
             if recipients:

@@ -86,6 +86,11 @@ class CoordinatorReplica:
                                  on_view=self._on_raft_view, on_applied=self._on_applied)
         if hasattr(self.raft, "on_applied_entry"):
             self.raft.on_applied_entry = self._on_applied_entry  # one call per log entry, not per command
+        if hasattr(self.raft, "applied_wanted"):
+            # A follower has no member sessions (members are told NotPrimary) and nothing to push; what it
+            # would note from applied entries (who joined, who is gone) `_become_primary` reads from the
+            # state itself. So while not the Raft leader, it is not woken for them at all.
+            self.raft.applied_wanted = lambda: bool(self.sessions)
         # Timeouts are judged on `clock` (a monotonic one in production: a wall-clock jump must not
         # expire everybody at once); tests pass a twisted Clock as both reactor and clock.
         self.clock = clock or reactor

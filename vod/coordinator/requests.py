@@ -211,6 +211,7 @@ class RequestBook:
         # (movie, wanted, placement, servers) -> the strategy dict without RUID and client (derived data:
         # a pure function's results, not part of the snapshot).
         self._placed: OrderedDict[tuple, dict[str, Any]] = OrderedDict()
+        self._wanted_ok: set[tuple[str, int]] = set()  # (short wanted mask, frame count) found valid (derived)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -319,13 +320,11 @@ class RequestBook:
                 raise BadCommand(f"request id {request_id} of client {client} belongs to another user; "
                                  "use another request id or client id")
             return [(self._changed(record, RETRY_REASON), (client,))]
-        info = groups.table(MOVIES_TABLE).get(movie)
+        info = groups.row(MOVIES_TABLE, movie)  # one row: copying the whole catalogue cost more than the rest
         if info is None:
             raise BadCommand(f"unknown movie {movie!r}: no server of this coordinator group holds it")
-        wanted_mask = mask_from_text(wanted, int(info["frame_count"]), "wanted mask")
-        if not wanted_mask.count():
-            raise BadCommand("the wanted mask is empty: nothing to send")
-        ruid = next(e.ruid for e in groups.apply(group_cmds.next_ruid_cmd()) if hasattr(e, "ruid"))
+        self._check_wanted(wanted, int(info["frame_count"]))
+        ruid = next(e.ruid for e in groups.apply_step("next_ruid") if hasattr(e, "ruid"))
         record = {"v": REQUEST_VERSION, "ruid": ruid, "request_id": request_id, "client": client,
                   "user": member.user, "domain": member.domain, "movie": movie,
                   "frame_count": int(info["frame_count"]), "wanted": wanted, "state": PENDING, "strategy": None,
@@ -378,8 +377,11 @@ class RequestBook:
         record = self._step(ruid, "strategize")
         servers = strategy_servers(strategy)
         group = video_group(ruid)
-        pushed: list[Pushed] = [(e, None) for e in groups.apply(
-            group_cmds.create_group_cmd(group, [record["client"], *sorted(servers)]))]
+        members = (record["client"], *sorted(servers))
+        if len(set(members)) != len(members) or not all(isinstance(m, str) and m for m in members):
+            raise BadCommand(f"video group {group}: members {list(members)!r} are not distinct names")
+        # (the checks create_group_cmd's parse made; the transition checks that each is a member)
+        pushed: list[Pushed] = [(e, None) for e in groups.apply_step("create_group", name=group, members=members)]
         return pushed + self._assign(groups, record, strategy, "initial", STRATEGIZED)
 
     def _restripe(self, groups: GroupState, ruid, strategy, failed) -> list[Pushed]:
@@ -396,13 +398,15 @@ class RequestBook:
         return pushed + self._assign(groups, record, strategy, "restripe", record["state"])
 
     def _assign(self, groups: GroupState, record: dict, strategy: dict, reason: str, state: str) -> list[Pushed]:
-        record["strategy"] = _copied(strategy)
+        # One copy, shared by the record and its event: neither is changed in place afterwards (a
+        # restripe replaces the record's strategy whole), and copying it twice cost as much as placing it.
+        record["strategy"] = strategy = _copied(strategy)
         record["revision"] += 1
         self._move(record, state, groups, reason)
         group = video_group(record["ruid"])
         addresses = {server: groups.members[server].address for server in strategy_servers(strategy)
                      if server in groups.members}
-        event = StrategyAssigned(record["ruid"], group, record["revision"], reason, _copied(strategy), addresses)
+        event = StrategyAssigned(record["ruid"], group, record["revision"], reason, strategy, addresses)
         members = groups.groups[group].members if group in groups.groups else ()
         return [(event, tuple(members)), (self._changed(record, reason), (record["client"],))]
 
@@ -486,9 +490,24 @@ class RequestBook:
         group = video_group(record["ruid"])
         pushed: list[Pushed] = []
         if group in groups.groups:
-            pushed = [(e, None) for e in groups.apply(group_cmds.dissolve_group_cmd(group))]
+            pushed = [(e, None) for e in groups.apply_step("dissolve_group", name=group)]
         self._move(record, state, groups, reason)
         return pushed + [(self._changed(record, reason), (record["client"],))]
+
+    def _check_wanted(self, wanted: Any, frame_count: int) -> None:
+        """BadCommand unless `wanted` is a valid, non-empty mask of `frame_count` frames.
+
+        Short masks (a whole movie, a range) that passed are remembered: the same few come with most
+        requests, and decoding each again was a tenth of an admission's apply on every replica."""
+        key = (wanted, frame_count)
+        if isinstance(wanted, str) and key in self._wanted_ok:
+            return
+        if not mask_from_text(wanted, frame_count, "wanted mask").count():
+            raise BadCommand("the wanted mask is empty: nothing to send")
+        if len(wanted) <= CACHE_WANTED_CHARS:
+            if len(self._wanted_ok) >= CACHE_ENTRIES:
+                self._wanted_ok.clear()
+            self._wanted_ok.add(key)
 
     @staticmethod
     def _changed(record: dict, reason: str) -> RequestChanged:

@@ -120,11 +120,11 @@ class GroupState:
 
     def table(self, name: str) -> dict[str, Any]:
         """A copy of one table (empty if it has no rows)."""
-        return copy.deepcopy(self._tables.get(name, {}))
+        return _json_copy(self._tables.get(name, {}))
 
     def row(self, name: str, key: str) -> Any:
         """A copy of one row of a table (None if absent), without copying the rest of the table."""
-        return copy.deepcopy(self._tables.get(name, {}).get(key))
+        return _json_copy(self._tables.get(name, {}).get(key))
 
     def recipients(self, event: Event) -> tuple[str, ...]:
         """The member ids `event` must be pushed to.
@@ -154,6 +154,16 @@ class GroupState:
         """
         op, fields = parse(command)
         index = self._check_index(index)
+        events = self._TRANSITIONS[op](self, index, **fields)
+        self._last_applied = index
+        return events
+
+    def apply_step(self, op: str, **fields: Any) -> list[Event]:
+        """Apply one step of a larger command that the caller built from data it has already checked
+        (the request book's RUID, video group create and dissolve): as `apply` would, counting one
+        applied command, but without building a command dict and parsing it. Building and parsing them
+        twice was a quarter of an admission's apply, which every replica runs."""
+        index = self._last_applied + 1
         events = self._TRANSITIONS[op](self, index, **fields)
         self._last_applied = index
         return events
@@ -344,3 +354,14 @@ class GroupState:
     def __repr__(self) -> str:
         return (f"<GroupState last_applied={self._last_applied} members={len(self._members)} "
                 f"groups={len(self._groups)}>")
+
+
+def _json_copy(value: Any) -> Any:
+    """A copy of table data, which is plain JSON data (`put` stores what `parse` made of it, a snapshot
+    what JSON made of it): copy.deepcopy without its memo, several times faster. Admission reads a
+    catalogue row on every replica for every request."""
+    if type(value) is dict:
+        return {key: _json_copy(item) for key, item in value.items()}
+    if type(value) is list:
+        return [_json_copy(item) for item in value]
+    return value  # str, int, float, bool, None: immutable
