@@ -37,7 +37,7 @@ from xxhash import xxh3_128_digest
 
 from vod.client.playout import mask_from_bits
 from vod.errors import StoreError, UsageError
-from vod.media.store import check_movie_id
+from vod.media.ids import check_movie_id
 from vod.stream.protocol import DIGEST_SIZE
 from vod.strategy.mask import FrameMask
 

@@ -19,17 +19,13 @@ from typing import Any, Callable
 
 from twisted.internet import defer, error as net_error
 from twisted.internet.defer import Deferred
-from twisted.web import resource, server
 
 from vod.client import avi
+from vod.client.httpview import BOUNDARY, ViewerFactory, ViewerProtocol
 from vod.errors import MediaError, UsageError, VodError
 
 log = logging.getLogger(__name__)
 
-BOUNDARY = "vodframe"
-# Frames a slow HTTP viewer may fall behind (written while its socket pushes back) before it misses frames:
-# a viewer that cannot keep up skips frames instead of making us buffer the movie for it.
-MAX_BEHIND = 8
 
 
 # -- the MJPEG AVI file -----------------------------------------------------------------------------
@@ -166,74 +162,6 @@ def _part(jpeg: bytes) -> bytes:
     return head + jpeg + b"\r\n"
 
 
-class _Viewer:
-    """One HTTP client of the stream; a push producer, so its socket can say when it is full."""
-
-    def __init__(self, request: server.Request, gone: Callable[["_Viewer"], None]):
-        self.request = request
-        self.paused = False
-        self.behind = 0
-        self.skipped = 0
-        self.sent = 0
-        request.registerProducer(self, True)
-        request.notifyFinish().addBoth(lambda _: gone(self))
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused, self.behind = False, 0
-
-    def stopProducing(self) -> None:
-        self.paused = True
-
-    def send(self, part: bytes) -> None:
-        if self.paused:
-            if self.behind >= MAX_BEHIND:
-                self.skipped += 1
-                return
-            self.behind += 1
-        self.request.write(part)
-        self.sent += 1
-
-    def finish(self) -> None:
-        self.request.unregisterProducer()
-        self.request.finish()
-
-
-class _StreamResource(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, sink: "HttpSink"):
-        super().__init__()
-        self._sink = sink
-
-    def render_GET(self, request: server.Request):
-        if self._sink.closed:
-            request.setResponseCode(410)
-            return b"the movie is over\n"
-        request.setHeader(b"content-type", f"multipart/x-mixed-replace; boundary={BOUNDARY}".encode())
-        request.setHeader(b"cache-control", b"no-cache, no-store")
-        request.setHeader(b"connection", b"close")
-        self._sink._viewer_came(request)
-        return server.NOT_DONE_YET
-
-
-class _PageResource(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, title: str):
-        super().__init__()
-        self._page = PAGE.format(title=html.escape(title)).encode("utf-8")
-
-    def render_GET(self, request: server.Request) -> bytes:
-        if request.path not in (b"/", b"/index.html"):
-            request.setResponseCode(404)
-            return b"not found: the page is / and the stream /stream.mjpg\n"
-        request.setHeader(b"content-type", b"text/html; charset=utf-8")
-        return self._page
-
-
 class HttpSink:
     """`multipart/x-mixed-replace` MJPEG at /stream.mjpg (what browsers and `ffmpeg -f mpjpeg` read) and a page
     at / that shows it. Frames go out as the playout releases them, so at the movie's frame rate.
@@ -247,13 +175,9 @@ class HttpSink:
     def __init__(self, reactor, host: str, port: int, title: str, wait_for_viewer: bool = True):
         self._reactor = reactor
         self.host, self.port = host, port
-        self._root = resource.Resource()
-        self._root.putChild(b"stream.mjpg", _StreamResource(self))
-        page = _PageResource(title)
-        self._root.putChild(b"", page)
-        self._root.putChild(b"index.html", page)
+        self.page = PAGE.format(title=html.escape(title)).encode("utf-8")
         self._listening = None
-        self._viewers: list[_Viewer] = []
+        self._viewers: list[ViewerProtocol] = []
         # Waiting lets whoever opens the URL see the movie from frame 0; a demo plays at once instead.
         self.ready: Deferred = Deferred() if wait_for_viewer else defer.succeed(None)
         self.closed = False
@@ -269,22 +193,20 @@ class HttpSink:
         """Listen (once: the CLI opens it early, to print the URL and fail fast on a busy port)."""
         if self._listening is not None:
             return
-        site = server.Site(self._root)
-        site.noisy = False
         try:
-            self._listening = self._reactor.listenTCP(self.port, site, interface=self.host)
+            self._listening = self._reactor.listenTCP(self.port, ViewerFactory(self), interface=self.host)
         except net_error.CannotListenError as err:
             raise UsageError(f"--http {self.host}:{self.port}: cannot listen ({err.socketError}); "
                              "choose another port (0 picks a free one)") from None
         self.port = self._listening.getHost().port
 
-    def _viewer_came(self, request: server.Request) -> None:
-        self._viewers.append(_Viewer(request, self._viewer_gone))
+    def viewer_came(self, viewer: ViewerProtocol) -> None:
+        self._viewers.append(viewer)
         self.viewers_total += 1
         if not self.ready.called:
             self.ready.callback(None)
 
-    def _viewer_gone(self, viewer: _Viewer) -> None:
+    def viewer_gone(self, viewer: ViewerProtocol) -> None:
         if viewer in self._viewers:
             self._viewers.remove(viewer)
 

@@ -31,7 +31,6 @@ import json
 import math
 import mmap
 import os
-import re
 import shutil
 import struct
 import tempfile
@@ -40,7 +39,8 @@ from typing import Callable, Iterable, Iterator
 
 from xxhash import xxh3_128_digest
 
-from vod.errors import CorruptMovie, StoreError, UsageError
+from vod.errors import CorruptMovie, StoreError
+from vod.media.ids import MOVIE_ID_RE, check_movie_id  # noqa: F401 (re-exported: callers import it from here)
 
 FORMAT_NAME = "vod-movie"
 FORMAT_VERSION = 2
@@ -50,17 +50,9 @@ INDEX_HEADER = struct.Struct(">4sHHQ")
 INDEX_RECORD = struct.Struct(">QI32s16s")
 INDEX_RECORDS = {1: struct.Struct(">QI32s"), 2: INDEX_RECORD}
 BAD_DIGEST = bytes(16)  # what a version-1 frame whose SHA-256 fails gets on the wire: the client rejects it
-MOVIE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TEMP_PREFIX = ".ingest-"
 
 Progress = Callable[[int], None]
-
-
-def check_movie_id(movie_id: str) -> str:
-    if not MOVIE_ID_RE.match(movie_id or ""):
-        raise UsageError(f"movie id {movie_id!r} is not valid: use 1-64 letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit")
-    return movie_id
 
 
 @dataclass(frozen=True)
