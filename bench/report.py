@@ -161,9 +161,9 @@ def figures_playback(doc: dict) -> list[Figure]:
                 out.append(Figure("playback", f"start-up, {what}, {row['n']} plays: p50 / p95",
                                   ms_pair(row["p50_ms"], row["p95_ms"]), "p95 ≤ 300 ms",
                                   row["p95_ms"] <= 300,
-                                  "Python's start-up and imports (the Twisted reactor, twisted.web for --http, the "
-                                  "client's modules) take 200-250 ms before the reactor runs; from there to the "
-                                  "first frame at the viewer is 40-120 ms (join, admission, connect, first frame)"))
+                                  "Python's start-up and imports (the Twisted reactor and AMP alone ~150 ms, then "
+                                  "the client's modules) take 200-270 ms before the reactor runs; from there to the "
+                                  "first frame at the viewer is 15-25 ms (join, admission, connect, first frame)"))
         out.append(Figure("playback", f"stalls over {len(rt['plays'])} real-time plays",
                           f"{rt['stalls_total']} ({ms(rt['stall_ms_total'])})", "0", rt["stalls_total"] == 0))
     dl = doc.get("download")
