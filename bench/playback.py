@@ -30,7 +30,8 @@ lasts about --scale-seconds at the target rate.
    draining); "process" is spawn to exit. Next to them, in the same run, a plain TCP pump
    (bench/_playback_pump.py) of the same JPEG bytes over loopback: 4 (and 1) blocking-socket sender
    processes, one `sendall` per frame, into one bare Twisted receiver that counts bytes, and the same
-   4-sender pump whose receiver also writes every read to a file; --pump-runs (5) runs each, median.
+   4-sender pump whose receiver also writes every read to a file; --download-runs (5) and --pump-runs (5)
+   runs each, median, interleaved round by round (each round: vod's three rows, then the three pumps).
    The target is read on the like-for-like row: the download to nothing against the plain pump
    (neither keeps the bytes); the AVI and cache rows are also shown against the pump that writes a
    file ("like pump"), since writing 350 MB into the page cache is work the plain pump does not do.
@@ -575,45 +576,29 @@ def run_pump(store_root: str, movie: str, senders: int, total: int, output: str 
 
 
 def run_download(system: System, args) -> dict:
+    """The download rows and the pumps, interleaved round by round (vod's three rows, then the three pumps),
+    so that the machine's load at any moment weighs on both sides of each ratio alike."""
     store = MovieStore(system.store_root)
     big = big_id(args)
     frames, nbytes = movie_bytes(store, big)
     doc: dict = {"movie": big, "frames": frames, "bytes": nbytes, "ours": [], "pump": []}
     configs = [(NO_OUTPUT, dict()), ("AVI, no cache", dict(output="avi")),
                ("fresh cache, no output", dict(cache=True))]
-    for label, cfg in configs:
-        for rep in range(args.download_runs):
-            tag = f"dl-{len(doc['ours']) + 1}"
-            output = os.path.join(system.workdir, "runs", f"{tag}.avi") if cfg.get("output") else None
-            cache = os.path.join(system.workdir, "runs", f"{tag}-cache") if cfg.get("cache") else None
-            os.makedirs(os.path.join(system.workdir, "runs"), exist_ok=True)
-            profile = args.profile if (args.profile and rep == 0) else None
-            server_profiler = None
-            if profile and label == NO_OUTPUT:
-                pid = system.pids("bench")[0]
-                server_profiler = start_profiler(profile, pid, os.path.join(system.workdir, "server-profile.txt"))
-            try:
-                run = run_client(system, big, "bench", tag, fast=True, output=output, cache=cache, timeout=300,
-                                 profile=profile)
-            finally:
-                if server_profiler is not None:
-                    stop_profiler(server_profiler)
-            if server_profiler is not None:
-                run["server_profile"] = os.path.join(system.workdir, "server-profile.txt")
-            run["label"] = label
-            s = run["summary"]
-            log(f"download {label}: exit {run['exit']}, {s.get('frames_received')}/{s.get('frames_total')} frames, "
-                f"transfer {run.get('transfer_s', float('nan')):.2f} s, process {run['process_s']:.2f} s")
-            doc["ours"].append(run)
-            for path in (output, cache):
-                if path:
-                    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
+    pumps = [(4, False), (4, True), (1, False)]
+    pumped_runs: dict[tuple[int, bool], list[dict]] = {p: [] for p in pumps}
     pumped = os.path.join(system.workdir, "runs", "pump.bin")
-    for senders, to_file in ((4, False), (4, True), (1, False)):
-        results = []
-        for _ in range(args.pump_runs):
-            results.append(run_pump(system.store_root, big, senders, nbytes, pumped if to_file else None))
-            _unlink(pumped)
+    os.makedirs(os.path.join(system.workdir, "runs"), exist_ok=True)
+    for rep in range(max(args.download_runs, args.pump_runs)):
+        if rep < args.download_runs:
+            for label, cfg in configs:
+                doc["ours"].append(download_once(system, args, big, label, cfg, first=rep == 0,
+                                                 tag=f"dl-{len(doc['ours']) + 1}"))
+        if rep < args.pump_runs:
+            for senders, to_file in pumps:
+                pumped_runs[(senders, to_file)].append(
+                    run_pump(system.store_root, big, senders, nbytes, pumped if to_file else None))
+                _unlink(pumped)
+    for (senders, to_file), results in pumped_runs.items():
         secs = median([r["seconds"] for r in results])
         doc["pump"].append({"senders": senders, "to_file": to_file, "runs": results, "median_s": secs,
                             "complete": all(r["complete"] for r in results),
@@ -621,6 +606,32 @@ def run_download(system: System, args) -> dict:
         log(f"pump {senders} -> 1{' into a file' if to_file else ''}: median {secs * 1000:.1f} ms for "
             f"{nbytes / 1e6:.1f} MB")
     return doc
+
+
+def download_once(system: System, args, big: str, label: str, cfg: dict, *, first: bool, tag: str) -> dict:
+    output = os.path.join(system.workdir, "runs", f"{tag}.avi") if cfg.get("output") else None
+    cache = os.path.join(system.workdir, "runs", f"{tag}-cache") if cfg.get("cache") else None
+    profile = args.profile if (args.profile and first) else None
+    server_profiler = None
+    if profile and label == NO_OUTPUT:
+        pid = system.pids("bench")[0]
+        server_profiler = start_profiler(profile, pid, os.path.join(system.workdir, "server-profile.txt"))
+    try:
+        run = run_client(system, big, "bench", tag, fast=True, output=output, cache=cache, timeout=300,
+                         profile=profile)
+    finally:
+        if server_profiler is not None:
+            stop_profiler(server_profiler)
+    if server_profiler is not None:
+        run["server_profile"] = os.path.join(system.workdir, "server-profile.txt")
+    run["label"] = label
+    s = run["summary"]
+    log(f"download {label}: exit {run['exit']}, {s.get('frames_received')}/{s.get('frames_total')} frames, "
+        f"transfer {run.get('transfer_s', float('nan')):.2f} s, process {run['process_s']:.2f} s")
+    for path in (output, cache):
+        if path:
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else _unlink(path)
+    return run
 
 
 def _unlink(path: str) -> None:
@@ -765,7 +776,7 @@ def main() -> int:
     ap.add_argument("--big-frames", type=int, default=20000,
                     help="frames of the download movie (20,000: 350 MB, so the pump runs for a tenth of a second "
                          "or more and a rate is a rate, not a start-up)")
-    ap.add_argument("--download-runs", type=int, default=3, help="runs of each download row")
+    ap.add_argument("--download-runs", type=int, default=5, help="runs of each download row (median)")
     ap.add_argument("--pump-runs", type=int, default=5, help="runs of the TCP pump (median)")
     ap.add_argument("--rate", default="2M", help="each server's --rate-limit in the scaling part")
     ap.add_argument("--scale-servers", default="1,2,4,8", help="server counts for the scaling part")
