@@ -252,7 +252,19 @@ class FrameDecoder:
         # Payloads are slices of a memoryview of the read: no copy of each frame (a download's frames are most
         # of its bytes; the read's buffer lives while any of its frames does).
         view = memoryview(data)
+        unpack, frame, magic, pad, limit = FRAME_HEADER.unpack_from, FRAME, FRAME_MAGIC, _DIGEST_PAD, MAX_FRAME_BYTES
         while end - pos >= size:
+            head = unpack(data, pos)
+            if head[2] == frame and head[1] == 2 and head[0] == magic and head[7] <= limit and head[8][16:] == pad:
+                # A version-2 FRAME, what a download brings thousands of a second: checked and built right
+                # here (the general path below does the same in two calls, ~1 us a frame more).
+                start = pos + size
+                stop = start + head[7]
+                if stop > end:
+                    break
+                out.append(FrameMessage(frame, head[3], head[4], head[5], head[6], head[8][:16], view[start:stop]))
+                pos = stop
+                continue
             head = _checked_header(data, pos)
             stop = pos + size + head[LENGTH]
             if stop > end:
