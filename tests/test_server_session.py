@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 
 from vod.server.session import SendEnd, SendError, SendFrame, State, Stripe, StreamSession
@@ -364,3 +365,31 @@ def test_malformed_or_out_of_order_control_is_a_protocol_error(messages, error):
 def test_wait_must_be_positive():
     with pytest.raises(ValueError):
         StreamSession(ME, Clock(), 0, tokens=TOKENS)
+
+
+@given(st.data())
+@settings(max_examples=80, deadline=None)
+def test_take_frames_is_next_output_and_sent_in_bulk(data):
+    """A download's turn takes its frames at once; the same frames, the same state after, as one by one."""
+    n = data.draw(st.integers(1, 80))
+    text = data.draw(st.text("01", min_size=n, max_size=n))
+    held = data.draw(st.text("01", min_size=n, max_size=n))
+    bulk, single = greeted(held), greeted(held)
+    for s in (bulk, single):
+        s.strategy(stripe(text))
+    until = 0
+    while True:
+        until = min(n, until + data.draw(st.integers(1, 30)))
+        limit = data.draw(st.integers(1, 10))
+        for s in (bulk, single):
+            s.credit(until)
+        taken = bulk.take_frames(limit)
+        one_by_one = []
+        while len(one_by_one) < limit and isinstance(item := single.next_output(), SendFrame):
+            single.sent(item)
+            one_by_one.append(item.index)
+        assert taken == one_by_one
+        assert (bulk.state, bulk.frames_sent, bulk.next_output()) == (single.state, single.frames_sent,
+                                                                        single.next_output())
+        if not taken and bulk.until >= n:
+            break

@@ -171,20 +171,21 @@ class Movie:
 
     def wire_entry(self, index: int) -> tuple[int, bytes]:
         """(length, XXH3-128 digest) of frame `index`: what a frame header carries."""
-        record = self._record_of(index)
-        if self._has_xxh3:
-            return record[1], record[3]
-        frame = self._frames[record[0]:record[0] + record[1]]
-        return record[1], xxh3_128_digest(frame) if hashlib.sha256(frame).digest() == record[2] else BAD_DIGEST
+        digest, frame = self.wire_frame(index)
+        return len(frame), digest
+
+    def wire_frame(self, index: int) -> tuple[bytes, memoryview]:
+        """(XXH3-128 digest, the bytes without a copy) of frame `index`: what a server sends."""
+        offset, length, sha256, *xxh3 = self._record_of(index)
+        frame = self._view[offset:offset + length]
+        if xxh3:
+            return xxh3[0], frame
+        return xxh3_128_digest(frame) if hashlib.sha256(frame).digest() == sha256 else BAD_DIGEST, frame
 
     def frame(self, index: int) -> bytes:
         offset, length, _ = self.entry(index)
         return self._frames[offset:offset + length]
 
-    def frame_view(self, index: int) -> memoryview:
-        """Frame `index` without a copy: a slice of the memory map (a server sends it with `sendmsg`)."""
-        offset, length, _ = self.entry(index)
-        return self._view[offset:offset + length]
 
     def frame_sha256(self, index: int) -> bytes:
         return self.entry(index)[2]
@@ -208,7 +209,7 @@ class Movie:
         try:
             self._frames.close()
         except BufferError:
-            pass  # a frame_view is still held (a send in progress): the map goes when the last view does
+            pass  # a wire_frame is still held (a send in progress): the map goes when the last view does
         self._frames_file.close()
 
     def __enter__(self) -> "Movie":

@@ -205,6 +205,31 @@ class StreamSession:
         else:
             self._owed = None
 
+    def take_frames(self, limit: int) -> list[int]:
+        """Up to `limit` frames to write now, counted as written: what `next_output` and `sent` would give
+        and take one at a time while only frames are due (a download's turn: one settle for all of them).
+        Empty when something else is owed first or nothing may go."""
+        if self._owed is not None or self.state is not State.STREAMING:
+            return []
+        pending, until = self._pending, self.until
+        out: list[int] = []
+        i = self._low
+        while len(out) < limit:
+            i = pending.find(1, i, until) if i < until else -1
+            if i < 0:
+                break
+            out.append(i)
+            i += 1
+        if out:
+            for index in out:
+                pending[index] = 0
+                self._resend[index] = 0
+                self._sent[index] = 1
+            self._low = out[-1] + 1
+            self.frames_sent += len(out)
+            self._settle()
+        return out
+
     # -- inputs ------------------------------------------------------------------------------------
 
     def receive(self, message: ControlMessage) -> None:
