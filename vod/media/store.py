@@ -40,7 +40,7 @@ from typing import Callable, Iterable, Iterator
 from xxhash import xxh3_128_digest
 
 from vod.errors import CorruptMovie, StoreError
-from vod.media.ids import MOVIE_ID_RE, check_movie_id  # noqa: F401 (re-exported: callers import it from here)
+from vod.media.ids import check_movie_id  # noqa: F401 (re-exported: callers import it from here)
 
 FORMAT_NAME = "vod-movie"
 FORMAT_VERSION = 2
