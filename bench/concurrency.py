@@ -50,7 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from benchutil import log, pct, print_closing, stored_current  # noqa: E402
+from benchutil import compile_bytecode, log, pct, print_closing, stored_current  # noqa: E402
 from playback import CLK_TCK, System, proc_cpu  # noqa: E402
 from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
@@ -452,6 +452,7 @@ def main() -> int:
                          f"(their share under {CONTENDED_PCT:g}%% over 2 s); 0: do not wait")
     ap.add_argument("--json", action="store_true", help="also print all results as one JSON document (last line)")
     args = ap.parse_args()
+    compile_bytecode()
     try:
         args.steps = [int(v) for v in args.steps.split(",") if v.strip()]
         args.width, args.height = (int(v) for v in args.size.lower().split("x"))

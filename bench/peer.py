@@ -90,7 +90,7 @@ sys.path.insert(0, BENCH)
 
 from playback import FPS, HOST, SIZE, System, _unlink, median  # noqa: E402
 from recovery import check_output, read_trace  # noqa: E402
-from benchutil import json_safe, log, stored_current, wait_until  # noqa: E402
+from benchutil import compile_bytecode, json_safe, log, stored_current, wait_until  # noqa: E402
 from vod.media.ingest import export  # noqa: E402
 from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
@@ -693,6 +693,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep this run's logs, traces and nginx configs")
     ap.add_argument("--json", action="store_true", help="also print the results as one JSON document (last line)")
     args = ap.parse_args()
+    compile_bytecode()
     if args.runs < 1 or args.frames < 24:
         ap.error("--runs must be >= 1 and --frames >= 24")
     try:

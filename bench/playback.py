@@ -77,7 +77,8 @@ from vod.groups.probe import Probe  # noqa: E402
 from vod.media.store import MovieStore  # noqa: E402
 from vod.media.synthetic import synthetic_jpegs  # noqa: E402
 from vod.procs import ProcessGroup, console_script, free_port  # noqa: E402
-from benchutil import domain_secret, log, pct, print_closing, profile_totals, stored_current, wait_until  # noqa: E402
+from benchutil import (compile_bytecode, domain_secret, log, pct, print_closing, profile_totals,  # noqa: E402
+                       stored_current, wait_until)
 from vod.server.cli import parse_rate  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -792,6 +793,7 @@ def main() -> int:
                     help="a py-spy executable: sample the client in the first run of each download row, and one "
                          "server during the first")
     args = ap.parse_args()
+    compile_bytecode()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not parts or parts - {"realtime", "download", "scaling"}:
         ap.error("--parts takes realtime, download, scaling (comma-separated)")
