@@ -1,9 +1,11 @@
 """The coordinator replica's logic on a fake Raft log and a Clock: joins, failure detection, grace, recruiting."""
 
 import pytest
+from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from fakes import FakeRaft, RecordingSession
+from vod.coordinator.knock import Knock
 from vod.coordinator.replica import CoordinatorReplica
 
 PEERS = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
@@ -162,3 +164,104 @@ def test_resume_replays_only_what_came_after_the_members_position():
     assert unseen(outbox, {}) == outbox
     assert unseen(outbox, {"domain:d": [3, 2]}) == []
     assert unseen(outbox, {"domain:d": "junk"}) == outbox
+
+
+class FakeKnocks:
+    """Answers knocks from a table (address -> Knock); an address set to None answers only when told."""
+
+    def __init__(self):
+        self.answers: dict[str, Knock | None] = {}
+        self.pending: list[tuple[str, defer.Deferred]] = []
+        self.asked: list[str] = []
+
+    def __call__(self, address):
+        self.asked.append(address)
+        answer = self.answers.get(address, Knock.NO_ANSWER)
+        if answer is None:
+            d = defer.Deferred()
+            self.pending.append((address, d))
+            return d
+        return defer.succeed(answer)
+
+
+def past_grace(replica, members):
+    for _ in range(21):  # past the new primary's 2 s grace, everyone heard
+        replica.reactor.advance(0.1)
+        for member in members:
+            replica.detector.heartbeat(member)
+        replica._check()
+
+
+def crash(replica, member_id):
+    del replica.sessions[member_id]  # as its session's connectionLost does
+    replica.member_disconnected(member_id)
+
+
+def members_of(replica):
+    return set(replica.raft.read(lambda m: m.state.members))
+
+
+@pytest.fixture
+def knocking(replica):
+    replica.knock = FakeKnocks()
+    return replica
+
+
+def test_a_crashed_server_whose_address_refuses_is_excluded_at_once(knocking):
+    knocks = knocking.knock
+    knocks.answers = {"127.0.0.1:100": Knock.LISTENING, "127.0.0.1:101": Knock.LISTENING}
+    join(knocking, "a")
+    join(knocking, "b")
+    past_grace(knocking, "ab")
+    assert knocks.asked == ["127.0.0.1:100", "127.0.0.1:101"]  # once each, as they joined
+    knocks.answers["127.0.0.1:101"] = Knock.REFUSED  # b's process is gone, and its listener with it
+    crash(knocking, "b")
+    assert members_of(knocking) == {"a"}  # no clock advance: not 0.5 s later
+
+
+def test_a_server_still_listening_waits_out_the_reconnect_grace(knocking):
+    knocking.knock.answers = {"127.0.0.1:100": Knock.LISTENING, "127.0.0.1:101": Knock.LISTENING}
+    join(knocking, "a")
+    join(knocking, "b")
+    past_grace(knocking, "ab")
+    crash(knocking, "b")  # or only its control link dropped
+    knocking._check()
+    assert members_of(knocking) == {"a", "b"}
+    for _ in range(6):
+        knocking.reactor.advance(0.1)
+        knocking.detector.heartbeat("a")
+        knocking._check()
+    assert members_of(knocking) == {"a"}  # it did not come back within the grace
+
+
+def test_an_address_that_never_accepted_is_not_taken_for_a_crash(knocking):
+    # Another network, or a firewall that rejects the coordinator: refused at join already.
+    knocking.knock.answers = {"127.0.0.1:100": Knock.LISTENING, "127.0.0.1:101": Knock.REFUSED}
+    join(knocking, "a")
+    join(knocking, "b")
+    past_grace(knocking, "ab")
+    crash(knocking, "b")
+    knocking._check()
+    assert members_of(knocking) == {"a", "b"}
+    assert knocking.knock.asked == ["127.0.0.1:100", "127.0.0.1:101"]  # no knock after the close
+
+
+def test_a_server_back_before_the_knock_answers_stays(knocking):
+    knocks = knocking.knock
+    knocks.answers = {"127.0.0.1:100": Knock.LISTENING, "127.0.0.1:101": Knock.LISTENING}
+    join(knocking, "a")
+    b, _ = join(knocking, "b")
+    past_grace(knocking, "ab")
+    knocks.answers["127.0.0.1:101"] = None  # the knock after the close hangs
+    crash(knocking, "b")
+    knocking.resume(b, {})  # it reconnected meanwhile
+    address, d = knocks.pending[-2]  # the resume knocks too
+    assert address == "127.0.0.1:101"
+    d.callback(Knock.REFUSED)  # a stale answer (the listener restarting, say)
+    assert members_of(knocking) == {"a", "b"}
+
+
+def test_clients_are_not_knocked(knocking):
+    session = RecordingSession("v")
+    knocking.join(session, "client", "d", "127.0.0.1:9", "", 0, [])
+    assert knocking.knock.asked == []

@@ -7,6 +7,7 @@ import logging
 import os
 import socket
 import sys
+from functools import partial
 from typing import Sequence
 
 from vod import localsocket
@@ -44,6 +45,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--reconnect-grace", type=float, default=0.5, metavar="SECONDS",
                    help="a member whose connection closes (a crashed process's does at once) is excluded after "
                         "this many seconds unless it reconnects first; at most --failure-timeout")
+    p.add_argument("--no-knock", dest="knock", action="store_false",
+                   help="do not knock at a server's stream address when its control connection closes: by "
+                        "default a server whose address accepted a connection when it joined, and now refuses "
+                        "one, is taken for crashed and excluded at once instead of after --reconnect-grace")
     p.add_argument("--grace", type=float, default=2.0,
                    help="seconds a new primary waits before excluding anyone")
     p.add_argument("--max-servers", type=int, default=4,
@@ -131,6 +136,7 @@ def entry(argv: Sequence[str]) -> int:
 
     from twisted.internet import reactor
 
+    from vod.coordinator.knock import knock
     from vod.coordinator.replica import CoordinatorReplica
 
     replica = CoordinatorReplica(reactor, replica_id=args.replica_id, raft_addr=args.raft, peers=peers,
@@ -140,7 +146,8 @@ def entry(argv: Sequence[str]) -> int:
                                  coordinators=coordinators, replace_after=args.replace_after,
                                  clock=MonotonicClock(), policy=args.policy, max_servers=args.max_servers,
                                  admin_socket=socket_path, admin_socket_required=socket_required,
-                                 command_rate=args.command_rate, connection_rate=args.connection_rate)
+                                 command_rate=args.command_rate, connection_rate=args.connection_rate,
+                                 knock=partial(knock, reactor) if args.knock else None)
     failed = []
 
     def start():

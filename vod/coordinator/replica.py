@@ -38,6 +38,7 @@ from vod.stream.tokens import StreamTokens
 from vod.coordinator import access
 from vod.coordinator import limits
 from vod.coordinator import requests as rq
+from vod.coordinator.knock import Knock
 from vod.coordinator.recruit import REPLICAS_TABLE, Recruiter, StandbyWaiter
 from vod.coordinator.session import MemberSession
 
@@ -60,7 +61,7 @@ class CoordinatorReplica:
                  coordinators: list[str] = (), replace_after: float = 1.0, raft_factory=RaftLog, clock=None,
                  policy: str = "weighted", max_servers: int = 4, admin_socket: str | None = None,
                  admin_socket_required: bool = True, command_rate: float = limits.COMMAND_RATE,
-                 connection_rate: float = limits.CONNECTION_RATE):
+                 connection_rate: float = limits.CONNECTION_RATE, knock=None):
         self.reactor = reactor
         self.replica_id = replica_id
         self.raft_addr = raft_addr
@@ -70,6 +71,10 @@ class CoordinatorReplica:
         self.standby = standby
         self.grace = grace
         self.reconnect_grace = reconnect_grace
+        # knock(address) -> Deferred[Knock] (vod.coordinator.knock): tells a crashed server from a dropped link
+        # at once. None: every closed connection waits out the reconnect grace.
+        self.knock = knock
+        self._knockable: dict[str, str] = {}  # server id -> its stream address, which accepted a knock
         self.policy = policy
         self.max_servers = max_servers
         self._held: dict[int, str] = {}  # RUID -> latest held mask a client reported (base64)
@@ -213,9 +218,45 @@ class CoordinatorReplica:
         self._restripe_orphans()
 
     def member_disconnected(self, member_id: str) -> None:
-        """A member's control connection closed: a crash shows this way at once (see FailureDetector.suspect)."""
-        if self.acting:
-            self.detector.suspect(member_id, self.reconnect_grace)
+        """A member's control connection closed: a crash shows this way at once (see FailureDetector.suspect).
+
+        It is excluded after the reconnect grace unless it comes back; a server whose stream address
+        refuses connections now (it accepted them before) has no process left to come back, and is
+        excluded at once, so its clients' frames move half a second sooner."""
+        if not self.acting:
+            return
+        self.detector.suspect(member_id, self.reconnect_grace)
+        address = self._knockable.get(member_id)
+        if address is not None:
+            self.knock(address).addCallback(self._knocked_after_close, member_id, address)
+
+    def _knocked_after_close(self, knock, member_id: str, address: str) -> None:
+        if knock is not Knock.REFUSED or member_id in self.sessions or not self.acting:
+            return  # alive, unknown, or back already: the grace decides
+        if self._knockable.pop(member_id, None) is None:
+            return  # dropped meanwhile
+        log.warning("%s: control connection closed and nothing listens at %s any more: excluding it now",
+                    member_id, address)
+        self._exclude([member_id], "its control connection closed and its stream address refuses connections")
+
+    def _learn_knockable(self, member_id: str) -> None:
+        """Knock once at a server's stream address as it joins or resumes: only an address that accepted
+        may later be read as a crash when it refuses."""
+        if self.knock is None:
+            return
+        member = self.raft.read(lambda m: m.state.members.get(member_id))
+        if member is None or member.kind != "server":
+            return
+        incarnation = member.incarnation
+
+        def answered(knock):
+            current = self.raft.read(lambda m: m.state.members.get(member_id))
+            if knock is Knock.LISTENING and current is not None and current.incarnation == incarnation:
+                self._knockable[member_id] = member.address
+            else:
+                self._knockable.pop(member_id, None)
+
+        self.knock(member.address).addCallback(answered)
 
     def _register(self) -> None:
         """Put this replica's id and addresses in the replicated `replicas` table (retried until it sticks)."""
@@ -232,24 +273,26 @@ class CoordinatorReplica:
         d.addErrback(failed)
 
     def _exclude_silent(self) -> None:
-        silent = [m for m in self.detector.expired() if m not in self._excluding]
-        if not silent:
+        self._exclude(self.detector.expired(), "no heartbeat within the failure timeout")
+
+    def _exclude(self, member_ids: list[str], reason: str) -> None:
+        chosen = [m for m in member_ids if m not in self._excluding]
+        if not chosen:
             return
-        incarnations = self.raft.read(lambda m: {i: m.state.members[i].incarnation for i in silent
+        incarnations = self.raft.read(lambda m: {i: m.state.members[i].incarnation for i in chosen
                                                  if i in m.state.members})
-        for member_id in silent:
+        for member_id in chosen:
             if member_id not in incarnations:
                 self.detector.forget(member_id)
-        silent = sorted(incarnations)
-        if not silent:
+        chosen = sorted(incarnations)
+        if not chosen:
             return
-        self._excluding.update(silent)
-        log.warning("excluding silent members %s", ", ".join(silent))
-        d = self.raft.propose(cmds.exclude_cmd(silent, "no heartbeat within the failure timeout",
-                                               incarnations=incarnations))
+        self._excluding.update(chosen)
+        log.warning("excluding silent members %s", ", ".join(chosen))  # tests and benches read this line
+        d = self.raft.propose(cmds.exclude_cmd(chosen, reason, incarnations=incarnations))
 
         def done(result):
-            self._excluding.difference_update(silent)
+            self._excluding.difference_update(chosen)
 
         d.addBoth(done)
 
@@ -352,6 +395,7 @@ class CoordinatorReplica:
 
     def _drop_member(self, member_id: str) -> None:
         self.detector.forget(member_id)
+        self._knockable.pop(member_id, None)
         session = self.sessions.pop(member_id, None)
         if session is not None:
             # An excluded member gets nothing more here; it must join again as a new incarnation.
@@ -377,6 +421,7 @@ class CoordinatorReplica:
             if previous is not None and previous is not session:
                 previous.transport.loseConnection()  # the same member, reconnected: its old link is dead
             self.detector.heartbeat(session.member_id)
+            self._learn_knockable(session.member_id)
             view = self.raft.read(lambda m: m.state.groups.get(domain_group(domain)))
             return {"group": view.name, "view_id": view.view_id, "members": list(view.members)}
 
@@ -415,6 +460,7 @@ class CoordinatorReplica:
                         "its %d groups and %d current strategies", member_id, views, strategies)
         self.sessions[member_id] = session
         self.detector.heartbeat(member_id)
+        self._learn_knockable(member_id)
         return owed
 
     # -- requests (the strategist) ----------------------------------------------------------------------
