@@ -6,7 +6,7 @@ from twisted.internet.task import Clock
 
 from fakes import FakeRaft, RecordingSession
 from vod.coordinator.knock import Knock
-from vod.coordinator.replica import CoordinatorReplica
+from vod.coordinator.replica import KNOCKS_AFTER_CLOSE, CoordinatorReplica
 
 PEERS = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
 
@@ -227,6 +227,9 @@ def test_a_server_still_listening_waits_out_the_reconnect_grace(knocking):
     crash(knocking, "b")  # or only its control link dropped
     knocking._check()
     assert members_of(knocking) == {"a", "b"}
+    for _ in range(30):
+        knocking.reactor.advance(0.01)
+    assert knocking.knock.asked.count("127.0.0.1:101") == 1 + 1 + len(KNOCKS_AFTER_CLOSE)  # join, close, later
     for _ in range(6):
         knocking.reactor.advance(0.1)
         knocking.detector.heartbeat("a")
@@ -265,3 +268,16 @@ def test_clients_are_not_knocked(knocking):
     session = RecordingSession("v")
     knocking.join(session, "client", "d", "127.0.0.1:9", "", 0, [])
     assert knocking.knock.asked == []
+
+
+def test_a_listener_that_outlives_the_control_link_by_a_moment_is_knocked_again(knocking):
+    knocks = knocking.knock
+    knocks.answers = {"127.0.0.1:100": Knock.LISTENING, "127.0.0.1:101": Knock.LISTENING}
+    join(knocking, "a")
+    join(knocking, "b")
+    past_grace(knocking, "ab")
+    crash(knocking, "b")  # the control socket closed first; the listener still accepts
+    assert members_of(knocking) == {"a", "b"}
+    knocks.answers["127.0.0.1:101"] = Knock.REFUSED  # ... and is gone a moment later
+    knocking.reactor.advance(KNOCKS_AFTER_CLOSE[0])
+    assert members_of(knocking) == {"a"}

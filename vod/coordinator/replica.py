@@ -44,6 +44,9 @@ from vod.coordinator.session import MemberSession
 
 log = logging.getLogger("vod.coordinator")
 
+# Seconds between a server's knocks after its control connection closed, while its address still accepts:
+# about 0.2 s in all, well inside the reconnect grace that decides when the knocks give no verdict.
+KNOCKS_AFTER_CLOSE = (0.01, 0.03, 0.06, 0.1)
 STALL_GRACE_AFTER = 0.5  # seconds between two role checks (normally 0.02) that count as a stall
 STASH_LIMIT = 50_000  # events kept for members while the acting lease lapses; beyond that they are dropped
 STATUS_VERSION = 2  # v2: bounded lists with counts (groups_more, members_more); v1 listed every group
@@ -228,13 +231,22 @@ class CoordinatorReplica:
         self.detector.suspect(member_id, self.reconnect_grace)
         address = self._knockable.get(member_id)
         if address is not None:
-            self.knock(address).addCallback(self._knocked_after_close, member_id, address)
+            self._knock_after_close(member_id, address, KNOCKS_AFTER_CLOSE)
 
-    def _knocked_after_close(self, knock, member_id: str, address: str) -> None:
-        if knock is not Knock.REFUSED or member_id in self.sessions or not self.acting:
-            return  # alive, unknown, or back already: the grace decides
-        if self._knockable.pop(member_id, None) is None:
-            return  # dropped meanwhile
+    def _knock_after_close(self, member_id: str, address: str, later: tuple[float, ...]) -> None:
+        self.knock(address).addCallback(self._knocked_after_close, member_id, address, later)
+
+    def _knocked_after_close(self, knock, member_id: str, address: str, later: tuple[float, ...]) -> None:
+        if member_id in self.sessions or not self.acting or self._knockable.get(member_id) != address:
+            return  # back already, no longer acting, or dropped meanwhile: the grace decides, if anything
+        if knock is Knock.LISTENING and later:
+            # A dying process's sockets do not all close in the same instant: its listener may still
+            # accept a moment after its control connection closed. Knock again a little later.
+            self.reactor.callLater(later[0], self._knock_after_close, member_id, address, later[1:])
+            return
+        if knock is not Knock.REFUSED:
+            return  # alive, or no verdict: the grace decides
+        del self._knockable[member_id]
         log.warning("%s: control connection closed and nothing listens at %s any more: excluding it now",
                     member_id, address)
         self._exclude([member_id], "its control connection closed and its stream address refuses connections")
