@@ -212,7 +212,8 @@ def figures_recovery(doc: dict) -> list[Figure]:
                                       "p50 / p95", f"{s_ms(rep['p50'])} / {s_ms(rep['p95'])}",
                           "p95 ≤ 1.0 s" if target else "",
                           (rep["p95"] is not None and rep["p95"] <= 1.0) if target else None,
-                          "the failure detector: the reconnect grace (0.5 s) after the server's connection closes"))
+                          "the failure detector: a crashed server whose stream address refuses a knock is excluded "
+                          "at once, else after the reconnect grace (0.5 s) from its connection's close"))
         if not target:
             out.append(Figure("recovery", f"{title} → restriped strategy at the client: p50 / p95",
                               f"{s_ms(restripe['p50'])} / {s_ms(restripe['p95'])}"))
@@ -261,8 +262,10 @@ def figures_peer(doc: dict) -> list[Figure]:
                f"({num(firsts[0], '.2f')} s from spawn to the first frame, against aria2's {num(firsts[1], '.2f')} s)"
                + (f"; from the first frame to the end the ratio is {num(after['ratio'], '.2f')}" if after else ""))
         if r["kind"] == "kill":
-            why += ("; with a source killed, vod also waits for the coordinator to judge the server dead (the "
-                    "reconnect grace, 0.5 s) before its frames move, where aria2 moves the dead mirror's range itself")
+            why += ("; with a source killed, the dead server's frames move only once the coordinator has "
+                    "excluded it (at once when its address refuses a knock, else after the 0.5 s reconnect grace) "
+                    "and the client has connected to the servers of the new strategy, where aria2 moves the dead "
+                    "mirror's range itself")
         out.append(Figure("vs aria2 + nginx", f"ratio vod / aria2, {r['what']}", measured, "≤ 1.0" if gated else "",
                           met if gated else None, why))
     return out

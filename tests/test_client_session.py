@@ -6,6 +6,7 @@ import base64
 import pytest
 from twisted.internet import defer, error
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from test_client_feed import FakeNet
 from vod.client import session as session_module
@@ -312,6 +313,20 @@ def test_a_restripe_drops_the_failed_server_and_adds_the_new_one(tmp_path):
     assert h.result.state is PlayState.DONE
     assert h.result.summary["per_server"] == {"s1": 6, "s2": 1, "s3": 5}
     assert h.result.summary["revision"] == 2
+
+
+def test_a_broken_server_stream_reports_what_is_held_at_once(tmp_path):
+    # The coordinator restripes a crashed server's frames from the latest report, within milliseconds of the
+    # crash: the frames that server sent since the periodic report must not be sent again by another.
+    h = Harness(tmp_path).start()
+    p1, _, p2, _ = stream_all(h)
+    h.send(p1, [0, 2])
+    h.send(p2, [1, 3])
+    assert "Progress" not in h.member.names()  # the periodic report is a second away
+    p2.connectionLost(Failure(error.ConnectionLost()))
+    assert h.session.feeds["s2"].state.value == "waiting"
+    progress = FrameMask.from_bytes(base64.b64decode(h.member.args("Progress")[-1]["held"]))
+    assert progress == FrameMask.from_indices(FRAMES, [0, 1, 2, 3])
 
 
 def test_frames_count_only_from_the_servers_of_the_current_strategy(tmp_path):

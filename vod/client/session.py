@@ -522,6 +522,11 @@ class PlaybackSession(SerialInputs):
 
     def feed_changed(self, feed: ServerFeed) -> None:
         self._settle_since = None  # re-checked on the next tick
+        if feed.state is FeedState.WAITING:
+            # A server's stream broke. If the server crashed, the coordinator restripes its frames within
+            # milliseconds from our latest report: the periodic one can be a second old, and every frame
+            # of that server we got since would be sent again by another.
+            self._send_progress()
 
     def _cache_failed(self, failure) -> None:
         # The play can go on without the cache; only the next play loses.
@@ -530,10 +535,14 @@ class PlaybackSession(SerialInputs):
 
     def _report_progress(self) -> None:
         if self.state is PlayState.STREAMING:
-            held = base64.b64encode(self.buffer.held.to_bytes()).decode("ascii")
-            self._call_quietly(wire.Progress, ruid=self.ruid, held=held)
+            self._send_progress()
             if self._cache is not None:
                 self._worker.submit(self._cache.sync).addErrback(self._cache_failed)
+
+    def _send_progress(self) -> None:
+        if self.state is PlayState.STREAMING:
+            held = base64.b64encode(self.buffer.held.to_bytes()).decode("ascii")
+            self._call_quietly(wire.Progress, ruid=self.ruid, held=held)
 
     def _call_quietly(self, command, **arguments: Any) -> Deferred:
         """A coordinator call whose failure only costs a log line (Started, Progress)."""
