@@ -36,6 +36,7 @@ _ABORT = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST and dro
 @dataclass(eq=False)
 class _Pair:
     holding: bool = False  # the upstream's bytes go to CutProxy._held, not to the client
+    spoke: bool = False  # the client sent a byte (a coordinator's knock connects and hangs up, silent)
     tail: bytes = b""  # the client's last bytes, so a marker split between two reads is still seen
 
 
@@ -73,6 +74,7 @@ class CutProxy:
         # Counters, read by tests (written only by the loop thread).
         self.accepted = 0
         self.refused = 0  # accepted but the upstream could not be reached: closed at once
+        self.spoken = 0  # accepted connections whose client sent something
         self.cut_pairs = 0
         self._thread = threading.Thread(target=self._run, name=f"CutProxy {self.address}", daemon=True)
         self._thread.start()
@@ -207,6 +209,9 @@ class CutProxy:
             if mask & selectors.EVENT_READ and not end.eof:
                 data = end.sock.recv(CHUNK)
                 pair = end.pair
+                if data and not end.upstream and not pair.spoke:
+                    pair.spoke = True
+                    self.spoken += 1
                 if data and not end.upstream and self._marker and not pair.holding:
                     seen = pair.tail + data
                     pair.holding = self._marker in seen

@@ -7,6 +7,7 @@ from twisted.internet.task import Clock
 from fakes import FakeRaft, RecordingSession
 from vod.coordinator.knock import Knock
 from vod.coordinator.replica import KNOCKS_AFTER_CLOSE, CoordinatorReplica
+from vod.strategy.mask import FrameMask
 
 PEERS = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"]
 
@@ -304,3 +305,55 @@ def test_a_new_primary_excludes_a_server_that_refuses_and_does_not_resume_within
     knocking.reactor.advance(0.11)
     knocking._check()
     assert members_of(knocking) == {"a", "c"}  # b: 0.5 s after the takeover, not after the 2 s grace
+
+
+def open_striped_request(replica):
+    """Three servers and a client in domain d, one request striped over two of them; returns (ruid, servers)."""
+    from vod.coordinator import requests as rq
+    servers = {}
+    for sid in ("s1", "s2", "s3"):
+        servers[sid] = RecordingSession(sid)
+        replica.join(servers[sid], "server", "d", f"127.0.0.1:{300 + len(servers)}", "", 1, ["m"])
+    replica.join(RecordingSession("cl"), "client", "d", "127.0.0.1:400", "", 0, [])
+    replica.register_movies("s1", [{"id": "m", "frame_count": 12, "fps": 24.0, "width": 8, "height": 8}])
+    replica.max_servers = 2
+    opened = []
+    replica.open_request("cl", "r1", "m", rq.mask_to_text(FrameMask.full(12))).addCallback(opened.append)
+    past_grace(replica, list(servers) + ["cl"])
+    return opened[0][0], servers
+
+
+def exclude_first_server(replica, ruid):
+    victim = replica.raft.read(lambda m: m.requests.request(ruid))["strategy"]["assignments"][0]["server"]
+    replica._exclude([victim], "test")
+    return victim
+
+
+def test_a_restripe_with_no_held_mask_here_waits_for_the_clients_report(replica):
+    from vod.coordinator import requests as rq
+    from vod.coordinator.replica import HELD_WAIT
+    ruid, _ = open_striped_request(replica)
+    before = replica.raft.read(lambda m: m.requests.request(ruid))["strategy"]
+    victim = exclude_first_server(replica, ruid)
+    assert replica.raft.read(lambda m: m.requests.request(ruid))["revision"] == 1  # waiting, not restriped
+    replica.reactor.advance(HELD_WAIT / 2)
+    held = FrameMask.from_ranges(12, [(0, 6)])
+    replica.report_progress(ruid, rq.mask_to_text(held))  # the client resumed here and reported
+    record = replica.raft.read(lambda m: m.requests.request(ruid))
+    assert record["revision"] == 2 and record["history"][0]["failed"] == [victim]
+    masks = {a["server"]: rq.mask_from_text(a["mask"], 12, "mask") for a in record["strategy"]["assignments"]}
+    victims = next(rq.mask_from_text(a["mask"], 12, "mask") for a in before["assignments"] if a["server"] == victim)
+    moved = FrameMask(12)
+    for server, mask in masks.items():
+        moved |= mask & victims
+    assert moved == victims - held  # what it holds of the failed server's frames is not asked for again
+
+
+def test_a_restripe_waits_for_a_held_mask_only_so_long(replica):
+    from vod.coordinator.replica import HELD_WAIT
+    ruid, _ = open_striped_request(replica)
+    exclude_first_server(replica, ruid)
+    replica.reactor.advance(HELD_WAIT - 0.01)
+    assert replica.raft.read(lambda m: m.requests.request(ruid))["revision"] == 1
+    replica.reactor.advance(0.02)
+    assert replica.raft.read(lambda m: m.requests.request(ruid))["revision"] == 2  # without it, then

@@ -47,6 +47,10 @@ log = logging.getLogger("vod.coordinator")
 # Seconds between a server's knocks after its control connection closed, while its address still accepts:
 # about 0.2 s in all, well inside the reconnect grace that decides when the knocks give no verdict.
 KNOCKS_AFTER_CLOSE = (0.01, 0.03, 0.06, 0.1)
+# Seconds a restripe waits for the client's held mask when this replica has none (it took over since the
+# last report, or the play is younger than one report): without it every frame the failed server already
+# delivered is sent again. A client whose server's stream broke reports at once, on resuming if need be.
+HELD_WAIT = 1.0
 STALL_GRACE_AFTER = 0.5  # seconds between two role checks (normally 0.02) that count as a stall
 STASH_LIMIT = 50_000  # events kept for members while the acting lease lapses; beyond that they are dropped
 STATUS_VERSION = 2  # v2: bounded lists with counts (groups_more, members_more); v1 listed every group
@@ -82,6 +86,7 @@ class CoordinatorReplica:
         self.max_servers = max_servers
         self._held: dict[int, str] = {}  # RUID -> latest held mask a client reported (base64)
         self._restriping: set[int] = set()
+        self._held_waits: dict[int, Any] = {}  # RUID -> IDelayedCall: a restripe waiting for a held mask
         self._last_check: float | None = None
         self._strategizing: dict[int, list[defer.Deferred]] = {}  # RUID -> callers waiting for its strategy
         self._check_interval = check_interval
@@ -205,6 +210,9 @@ class CoordinatorReplica:
                 self._become_primary()
             else:
                 self._excluding.clear()
+                for waiting in self._held_waits.values():
+                    waiting.cancel()
+                self._held_waits.clear()
         if not self._registered:
             self._register()
         if self.acting:
@@ -597,12 +605,27 @@ class CoordinatorReplica:
     def report_progress(self, ruid: int, held: str) -> None:
         """A client's latest held mask (kept here only: a stale one costs duplicate frames, never lost ones)."""
         self._held[ruid] = held
+        waiting = self._held_waits.pop(ruid, None)
+        if waiting is not None:
+            waiting.cancel()
+            self._restripe_orphans()
 
-    def _restripe_orphans(self) -> None:
+    def _restripe_orphans(self, waited: int | None = None) -> None:
         """Hand the missing frames of every server that left a strategy to survivors and backups."""
         for record in self.raft.read(lambda m: m.requests.orphaned(set(m.state.members))):
-            if record["ruid"] not in self._restriping:
-                self._restripe(record)
+            ruid = record["ruid"]
+            if ruid in self._restriping or ruid in self._held_waits:
+                continue
+            if ruid not in self._held and ruid != waited:
+                log.info("restripe of RUID %d waits up to %.1f s for its client's held mask", ruid, HELD_WAIT)
+                self._held_waits[ruid] = self.reactor.callLater(HELD_WAIT, self._held_wait_over, ruid)
+                continue
+            self._restripe(record)
+
+    def _held_wait_over(self, ruid: int) -> None:
+        del self._held_waits[ruid]
+        if self.acting:
+            self._restripe_orphans(waited=ruid)  # with no held mask: every frame the failed server owed
 
     def _restripe(self, record: dict) -> None:
         ruid = record["ruid"]
