@@ -208,12 +208,18 @@ def knocking(replica):
     return replica
 
 
+def two_listening_servers(replica):
+    """Servers a and b joined, their addresses accepting knocks, everyone heard past the grace; b's session."""
+    replica.knock.answers = {"127.0.0.1:100": Knock.LISTENING, "127.0.0.1:101": Knock.LISTENING}
+    join(replica, "a")
+    b, _ = join(replica, "b")
+    past_grace(replica, "ab")
+    return b
+
+
 def test_a_crashed_server_whose_address_refuses_is_excluded_at_once(knocking):
     knocks = knocking.knock
-    knocks.answers = {"127.0.0.1:100": Knock.LISTENING, "127.0.0.1:101": Knock.LISTENING}
-    join(knocking, "a")
-    join(knocking, "b")
-    past_grace(knocking, "ab")
+    two_listening_servers(knocking)
     assert knocks.asked == ["127.0.0.1:100", "127.0.0.1:101"]  # once each, as they joined
     knocks.answers["127.0.0.1:101"] = Knock.REFUSED  # b's process is gone, and its listener with it
     crash(knocking, "b")
@@ -221,10 +227,7 @@ def test_a_crashed_server_whose_address_refuses_is_excluded_at_once(knocking):
 
 
 def test_a_server_still_listening_waits_out_the_reconnect_grace(knocking):
-    knocking.knock.answers = {"127.0.0.1:100": Knock.LISTENING, "127.0.0.1:101": Knock.LISTENING}
-    join(knocking, "a")
-    join(knocking, "b")
-    past_grace(knocking, "ab")
+    two_listening_servers(knocking)
     crash(knocking, "b")  # or only its control link dropped
     knocking._check()
     assert members_of(knocking) == {"a", "b"}
@@ -252,10 +255,7 @@ def test_an_address_that_never_accepted_is_not_taken_for_a_crash(knocking):
 
 def test_a_server_back_before_the_knock_answers_stays(knocking):
     knocks = knocking.knock
-    knocks.answers = {"127.0.0.1:100": Knock.LISTENING, "127.0.0.1:101": Knock.LISTENING}
-    join(knocking, "a")
-    b, _ = join(knocking, "b")
-    past_grace(knocking, "ab")
+    b = two_listening_servers(knocking)
     knocks.answers["127.0.0.1:101"] = None  # the knock after the close hangs
     crash(knocking, "b")
     knocking.resume(b, {})  # it reconnected meanwhile
@@ -273,10 +273,7 @@ def test_clients_are_not_knocked(knocking):
 
 def test_a_listener_that_outlives_the_control_link_by_a_moment_is_knocked_again(knocking):
     knocks = knocking.knock
-    knocks.answers = {"127.0.0.1:100": Knock.LISTENING, "127.0.0.1:101": Knock.LISTENING}
-    join(knocking, "a")
-    join(knocking, "b")
-    past_grace(knocking, "ab")
+    two_listening_servers(knocking)
     crash(knocking, "b")  # the control socket closed first; the listener still accepts
     assert members_of(knocking) == {"a", "b"}
     knocks.answers["127.0.0.1:101"] = Knock.REFUSED  # ... and is gone a moment later
