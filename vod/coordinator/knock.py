@@ -35,6 +35,7 @@ class _Hangup(Protocol):
 
 class _KnockFactory(ClientFactory):
     protocol = _Hangup
+    noisy = False  # Twisted would log "Starting factory" / "Stopping factory" for every knock
 
     def __init__(self, answered: Deferred):
         self.answered = answered
