@@ -247,11 +247,13 @@ class CoordinatorReplica:
         if knock is Knock.REFUSED:
             self.reactor.callLater(self.reconnect_grace, self._exclude_if_absent, member_id, address, incarnation)
 
-    def _exclude_if_absent(self, member_id: str, address: str, incarnation: int) -> None:
-        if not self.acting or member_id in self.sessions:
-            return
+    def _still_incarnation(self, member_id: str, incarnation: int) -> bool:
+        """`member_id` is still a member, as the same incarnation (a rejoin is somebody new)."""
         current = self.raft.read(lambda m: m.state.members.get(member_id))
-        if current is None or current.incarnation != incarnation:
+        return current is not None and current.incarnation == incarnation
+
+    def _exclude_if_absent(self, member_id: str, address: str, incarnation: int) -> None:
+        if not self.acting or member_id in self.sessions or not self._still_incarnation(member_id, incarnation):
             return
         log.warning("%s: nothing listens at %s and it has not resumed here within %.1f s of the takeover: "
                     "excluding it now", member_id, address, self.reconnect_grace)
@@ -296,11 +298,9 @@ class CoordinatorReplica:
         member = self.raft.read(lambda m: m.state.members.get(member_id))
         if member is None or member.kind != "server":
             return
-        incarnation = member.incarnation
 
         def answered(knock):
-            current = self.raft.read(lambda m: m.state.members.get(member_id))
-            if knock is Knock.LISTENING and current is not None and current.incarnation == incarnation:
+            if knock is Knock.LISTENING and self._still_incarnation(member_id, member.incarnation):
                 self._knockable[member_id] = member.address
             else:
                 self._knockable.pop(member_id, None)
