@@ -281,29 +281,6 @@ def test_a_listener_that_outlives_the_control_link_by_a_moment_is_knocked_again(
     assert members_of(knocking) == {"a"}
 
 
-def test_a_new_primary_excludes_a_server_that_refuses_and_does_not_resume_within_the_reconnect_grace(knocking):
-    knocks = knocking.knock
-    knocks.answers = {"127.0.0.1:100": Knock.LISTENING, "127.0.0.1:101": Knock.LISTENING,
-                      "127.0.0.1:102": Knock.LISTENING}
-    join(knocking, "a")
-    join(knocking, "b")
-    c, _ = join(knocking, "c")
-    knocking.raft.acting = False  # the role moves away and back, as after a failover: a new primary here
-    knocking._check()
-    knocking.sessions.clear()  # nobody has resumed at the new primary yet
-    knocks.answers.update({"127.0.0.1:101": Knock.REFUSED, "127.0.0.1:102": Knock.REFUSED})
-    knocking.raft.acting = True
-    knocking._check()
-    knocking.resume(c, {})  # c's listener was restarting, say, but c itself is alive: it resumes
-    for _ in range(4):
-        knocking.reactor.advance(0.1)
-        knocking._check()
-    assert members_of(knocking) == {"a", "b", "c"}  # a refusal from an address never seen to accept waits
-    knocking.reactor.advance(0.11)
-    knocking._check()
-    assert members_of(knocking) == {"a", "c"}  # b: 0.5 s after the takeover, not after the 2 s grace
-
-
 def open_striped_request(replica):
     """Three servers and a client in domain d, one request striped over two of them; returns (ruid, servers)."""
     from vod.coordinator import requests as rq

@@ -227,37 +227,11 @@ class CoordinatorReplica:
             self.detector.heartbeat(member_id)
         # Servers excluded just before the failover may have left strategies that were never restriped.
         self._restripe_orphans()
-        self._knock_at_takeover()
-
-    def _knock_at_takeover(self) -> None:
-        """Knock at every server as we take over: one that died with the old primary (a crash of the machine
-        both ran on, say) has no connection here to close, and the grace would keep its frames unsent for 2 s.
-
-        We never saw these addresses accept, so a refusal is not taken at once (a firewall may reject us):
-        a server refusing now is excluded if it has not resumed here within the reconnect grace, which a
-        live one does, its link to the old primary having died with it."""
-        if self.knock is None:
-            return
-        servers = self.raft.read(lambda m: [(i, s.address, s.incarnation) for i, s in m.state.members.items()
-                                            if s.kind == "server"])
-        for member_id, address, incarnation in servers:
-            self.knock(address).addCallback(self._knocked_at_takeover, member_id, address, incarnation)
-
-    def _knocked_at_takeover(self, knock, member_id: str, address: str, incarnation: int) -> None:
-        if knock is Knock.REFUSED:
-            self.reactor.callLater(self.reconnect_grace, self._exclude_if_absent, member_id, address, incarnation)
 
     def _still_incarnation(self, member_id: str, incarnation: int) -> bool:
         """`member_id` is still a member, as the same incarnation (a rejoin is somebody new)."""
         current = self.raft.read(lambda m: m.state.members.get(member_id))
         return current is not None and current.incarnation == incarnation
-
-    def _exclude_if_absent(self, member_id: str, address: str, incarnation: int) -> None:
-        if not self.acting or member_id in self.sessions or not self._still_incarnation(member_id, incarnation):
-            return
-        log.warning("%s: nothing listens at %s and it has not resumed here within %.1f s of the takeover: "
-                    "excluding it now", member_id, address, self.reconnect_grace)
-        self._exclude([member_id], "its stream address refuses connections and it did not resume")
 
     def member_disconnected(self, member_id: str) -> None:
         """A member's control connection closed: a crash shows this way at once (see FailureDetector.suspect).
