@@ -17,7 +17,7 @@ import json
 import zlib
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import example, given, strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
@@ -209,6 +209,9 @@ def closing_lines(caught: LogCatcher) -> list[str]:
 
 
 @given(st.sampled_from(["fresh", "challenged", "authenticated", "client", "server"]), streams, chunk_sizes)
+# Found by CI: a Cast to the empty group name raised BadCommand out of the responder (logged as a crash).
+@example("client", b"\x00\x04_ask\x00\x03900\x00\x08_command\x00\x04Cast\x00\x05group\x00\x00\x00\x07payload"
+                   b"\x00\x02{}\x00\x07view_id\x00\x010\x00\x00", [])
 @fuzz(250)
 def test_garbage_boxes_close_one_connection_with_one_line_and_the_replica_goes_on(phase, data, sizes):
     replica = make_replica()

@@ -244,7 +244,11 @@ class MemberSession(StrictAMP):
         self._require_primary()
         if not isinstance(payload, dict):
             raise Refused("a cast payload is a JSON object")
-        d = self.replica.propose(cmds.cast_cmd(group, self.member_id, payload, view_id))
+        try:
+            command = cmds.cast_cmd(group, self.member_id, payload, view_id)
+        except BadCommand as err:  # an empty group name, say: answered, not logged as a crash
+            raise Refused(str(err)) from None
+        d = self.replica.propose(command)
 
         def delivered(result):
             if "error" in result:
